@@ -119,3 +119,16 @@ def test_torch_knn_chunks_and_caps_k():
     assert float(distances.max()) < 0.05  # |q|^2 - 2 q.b + |b|^2 rounding, under a sqrt
     d, i = KnnIndex(bank, "torch").search(bank[:3], 99)
     assert d.shape == (3, 50)
+
+
+def test_pruned_when_blocks_are_never_worth_building():
+    """Many centres relative to N (N / k < 2 * block_size): the pruned method must fall back
+    to full updates rather than fail (regression: 8192 x 176 points, 1024 picks)."""
+    torch.manual_seed(3)
+    points = torch.randn(2048, 24)
+    pruned = greedy_coreset(points, 512, start=0, method="pruned", block_size=32)
+    dense = greedy_coreset(points, 512, start=0, method="dense")
+    assert len(set(pruned.tolist())) == 512
+    assert covering_radius(points, pruned) == pytest.approx(
+        covering_radius(points, dense), rel=1e-4
+    )

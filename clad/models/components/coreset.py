@@ -174,14 +174,21 @@ def _pruned(
         first_id = len(selected)
         new_points = layout.point_index[slots]
         selected.extend(new_points.tolist())
-        if layout.blocks is None and first_id < 64:
-            layout.dense_update(slots, first_id)
-            continue
-        if first_id >= 2 * last_build and points.shape[0] / first_id >= 2 * block_size:
+        # Blocks pay off once there are enough centres and each cell still holds several
+        # blocks' worth of points; until then (and for small N, possibly throughout) the
+        # plain update over all points is used.
+        if (
+            first_id >= 64
+            and first_id >= 2 * last_build
+            and points.shape[0] / first_id >= 2 * block_size
+        ):
             layout.build_blocks(torch.tensor(selected[:first_id]), block_size)
             last_build = first_id
             slots = layout.slot_of(new_points)
-        layout.block_update(slots, first_id)
+        if layout.blocks is None:
+            layout.dense_update(slots, first_id)
+        else:
+            layout.block_update(slots, first_id)
     return torch.tensor(selected[:n_select], dtype=torch.long)
 
 

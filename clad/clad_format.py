@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from clad.benchmarks.mvtec import CLAD_TASK_ORDER
+from clad.benchmarks.mvtec3d import MVTEC3D_CATEGORIES
 from clad.registry import ConfigError, detector_table, parameter_names
 
 ARCHITECTURES = {"cae": "conv_ae", "unet": "unet_ae"}
@@ -79,15 +80,20 @@ def translate(raw: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
     used.add("cl")  # CLAD's per-model switch for the cl mode; sample_strategy decides here
 
     dataset: dict[str, Any] = {"name": "mvtec"}
+    names = CLAD_TASK_ORDER
+    if "use_3D_dataset" in clad and take("use_3D_dataset"):
+        dataset["name"], names = "mvtec3d", MVTEC3D_CATEGORIES
+        if "mode" in clad:
+            dataset["mode"] = str(take("mode"))
     if "data_path" in clad:
         dataset["root"] = str(take("data_path"))
     order = [int(i) for i in take("task_order")] if "task_order" in clad else list(range(10))
     if "num_tasks" in clad:
         order = order[: int(take("num_tasks"))]
-    bad = [i for i in order if not 0 <= i < len(CLAD_TASK_ORDER)]
+    bad = [i for i in order if not 0 <= i < len(names)]
     if bad:
-        raise ConfigError(f"{path}: task_order indices {bad} outside 0..{len(CLAD_TASK_ORDER) - 1}")
-    dataset["categories"] = [CLAD_TASK_ORDER[i] for i in order]
+        raise ConfigError(f"{path}: task_order indices {bad} outside 0..{len(names) - 1}")
+    dataset["categories"] = [names[i] for i in order]
     if "img_size" in clad:
         dataset["image_size"] = int(take("img_size"))
     if "crp_size" in clad and int(clad["crp_size"]) < dataset.get("image_size", 10**9):

@@ -103,15 +103,51 @@ class AudioConfig(Block):
 AUDIO_DATASETS = ("dcase2020", "dcase2022", "synthetic_audio")
 
 
+DATASETS_3D = {"mvtec3d": "mvtec3d", "synthetic3d": "synthetic3d", "mvtec": "mvtec3d",
+               "synthetic": "synthetic3d"}
+
+
 class DatasetConfig(Block):
-    name: Literal["synthetic", "mvtec", "dcase2020", "dcase2022", "synthetic_audio"] = "synthetic"
+    """Which data, in which order, at which size.
+
+    3D data (MVTec 3D-AD layout): ``name`` ``mvtec3d`` or ``synthetic3d``, or CLAD's
+    ``use_3D_dataset: true`` with ``mvtec``/``synthetic`` (translated to those names). ``mode``
+    picks the inputs: ``rgb`` [3 channels], ``depth`` [2: height above the background plane,
+    foreground] or ``rgb+depth`` [5] (``clad.benchmarks.mvtec3d``); ``depth`` and ``rgb+depth``
+    need a detector that takes an ``input_mode``.
+    """
+
+    name: Literal[
+        "synthetic", "mvtec", "mvtec3d", "synthetic3d", "dcase2020", "dcase2022",
+        "synthetic_audio",
+    ] = "synthetic"
     root: str = "data/synthetic"
     categories: list[str] | None = None
     image_size: int = Field(64, ge=16, le=1024)
     crop_size: int | None = Field(None, ge=16, le=1024)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    use_3D_dataset: bool = False
+    mode: Literal["rgb", "depth", "rgb+depth"] = "rgb"
     synthetic: SyntheticConfig = SyntheticConfig()
     audio: AudioConfig | None = None  # audio datasets only; filled with the defaults for them
+
+    @model_validator(mode="after")
+    def _three_d(self) -> DatasetConfig:
+        if self.use_3D_dataset and self.name not in DATASETS_3D:
+            raise ValueError(
+                f"use_3D_dataset applies to mvtec/mvtec3d/synthetic/synthetic3d, not {self.name!r}"
+            )
+        if self.use_3D_dataset or self.name in ("mvtec3d", "synthetic3d"):
+            self.name = DATASETS_3D[self.name]
+            self.use_3D_dataset = True
+            if self.name == "synthetic3d" and "root" not in self.model_fields_set:
+                self.root = "data/synthetic3d"
+        elif self.mode != "rgb":
+            raise ValueError(
+                f"mode {self.mode!r} needs a 3D dataset (name mvtec3d or synthetic3d, or "
+                "use_3D_dataset: true); 2D datasets have RGB only"
+            )
+        return self
 
     @field_validator("categories")
     @classmethod
@@ -232,6 +268,17 @@ def validate_config(data: dict[str, Any], source: str) -> RunConfig:
             raise ConfigError(
                 f"{source}: detector.{key}: set it in the training block (training.{key})"
             )
+    if "input_mode" in params:
+        raise ConfigError(
+            f"{source}: detector.input_mode: set the inputs with dataset.mode instead"
+        )
+    if config.dataset.mode != "rgb" and "input_mode" not in parameter_names(detector_cls):
+        takes = sorted(n for n, c in detector_table().items() if "input_mode" in parameter_names(c))
+        raise ConfigError(
+            f"{source}: dataset.mode {config.dataset.mode!r}: detector "
+            f"{config.detector['name']!r} takes RGB images only; detectors that take depth: "
+            f"{', '.join(takes) or 'none'}"
+        )
     validate_params(
         detector_cls, {**_training_for(detector_cls, config), **params}, f"{source}: detector"
     )
@@ -242,8 +289,13 @@ def validate_config(data: dict[str, Any], source: str) -> RunConfig:
 
 
 def _training_for(detector_cls: type, config: RunConfig) -> dict[str, Any]:
+    """The shared training keys the detector's constructor names, and ``input_mode`` (the
+    dataset's ``mode``) for detectors that take one."""
     names = parameter_names(detector_cls)
-    return {k: v for k, v in config.training.model_dump().items() if k in names}
+    shared = {k: v for k, v in config.training.model_dump().items() if k in names}
+    if "input_mode" in names:
+        shared["input_mode"] = config.dataset.mode
+    return shared
 
 
 def detector_kwargs(config: RunConfig) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,43 @@ from clad.types import Sample, Task
 
 
 def default_categories(name: str) -> tuple[str, ...]:
-    return SYNTHETIC_CATEGORIES if name == "synthetic" else CLAD_TASK_ORDER
+    from clad.benchmarks.mvtec3d import MVTEC3D_CATEGORIES
+    from clad.benchmarks.synthetic3d import SYNTHETIC_3D_CATEGORIES
+
+    return {
+        "synthetic": SYNTHETIC_CATEGORIES,
+        "synthetic3d": SYNTHETIC_3D_CATEGORIES,
+        "mvtec3d": MVTEC3D_CATEGORIES,
+    }.get(name, CLAD_TASK_ORDER)
+
+
+def _read_3d(config: DatasetConfig, root: Path, categories: list[str]) -> Callable:
+    """Generate the synthetic 3D set when needed; return a reader of one category's
+    (train, test) samples and the dataset class for the configured mode."""
+    from clad.benchmarks.mvtec3d import read_category_3d
+    from clad.benchmarks.synthetic3d import SYNTHETIC_3D_CATEGORIES, generate_dataset_3d
+
+    if config.name == "synthetic3d":
+        unknown = [c for c in categories if c not in SYNTHETIC_3D_CATEGORIES]
+        if unknown:
+            raise ConfigError(
+                f"dataset.categories: unknown synthetic 3D categories {unknown}; "
+                f"known: {', '.join(SYNTHETIC_3D_CATEGORIES)}"
+            )
+        gen = config.synthetic
+        generate_dataset_3d(
+            root, seed=gen.seed, categories=categories, image_size=gen.image_size,
+            n_train=gen.n_train, n_test_good=gen.n_test_good,
+            n_test_per_defect=gen.n_test_per_defect,
+        )
+
+    def read(category: str) -> tuple[list[Sample], list[Sample]]:
+        # MVTec 3D-AD's validation/good images are normal training data here: the harness
+        # draws its own seeded validation split from all of them (as for MVTec AD).
+        train, validation, test = read_category_3d(root, category)
+        return train + validation, test
+
+    return read
 
 
 def split_validation(
@@ -51,7 +89,17 @@ def build_tasks(config: DatasetConfig, seed: int) -> list[Task]:
         return build_audio_tasks(config, seed)
     root = Path(config.root)
     categories = list(config.categories or default_categories(config.name))
-    if config.name == "synthetic":
+    read = partial(read_category, root)
+    make_dataset = partial(ImageDataset, image_size=config.image_size, crop_size=config.crop_size)
+    if config.use_3D_dataset:
+        from clad.benchmarks.mvtec3d import RGBDDataset
+
+        read = _read_3d(config, root, categories)
+        make_dataset = partial(
+            RGBDDataset, image_size=config.image_size, mode=config.mode,
+            crop_size=config.crop_size,
+        )
+    elif config.name == "synthetic":
         unknown = [c for c in categories if c not in SYNTHETIC_CATEGORIES]
         if unknown:
             raise ConfigError(
@@ -71,10 +119,10 @@ def build_tasks(config: DatasetConfig, seed: int) -> list[Task]:
     splits = {"train": [], "val": [], "test": []}
     has_masks = []
     for category in categories:
-        train, test = read_category(root, category)
+        train, test = read(category)
         fit, val = split_validation(train, config.val_fraction, seed, category)
         for split, samples in (("train", fit), ("val", val), ("test", test)):
-            dataset = ImageDataset(samples, config.image_size, config.crop_size)
+            dataset = make_dataset(samples)
             splits[split].append(AvalancheDataset([dataset]))
         has_masks.append(all(s.has_masks for s in test))
     scenario = benchmark_from_datasets(**splits)

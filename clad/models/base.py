@@ -40,7 +40,10 @@ class Detector(ABC):
 
     Subclasses take explicit keyword arguments in ``__init__`` (the registry validates a config
     against that signature). Batches from datasets are ``(image, mask, label)`` with images
-    ``[3, H, W]`` in [0, 1]; ``fit`` uses the images only.
+    ``[3, H, W]`` in [0, 1]; ``fit`` uses the images only. Detectors that also take depth
+    (MVTec 3D-AD layouts) name an ``input_mode`` parameter, which the runner fills from
+    ``dataset.mode``: their images are [2, H, W] (height, foreground) for ``depth`` and
+    [5, H, W] (RGB, height, foreground) for ``rgb+depth``.
     """
 
     name: ClassVar[str]
@@ -51,7 +54,7 @@ class Detector(ABC):
 
     @abstractmethod
     def predict(self, x: Tensor) -> Scores:
-        """Score a batch ``x`` [B, 3, H, W] in eval mode, without side effects."""
+        """Score a batch ``x`` [B, C, H, W] in eval mode, without side effects."""
 
     @abstractmethod
     def state_dict(self) -> dict:

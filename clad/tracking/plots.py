@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from clad.tracking.files import atomic_write  # noqa: E402
@@ -100,6 +101,17 @@ def score_histograms(
     return save(fig, path)
 
 
+def displayable(image: torch.Tensor) -> np.ndarray:
+    """An input tensor as a picture: RGB for 3 or 5 channels (RGB first), else the first
+    channel (the height map of depth inputs) scaled to [0, 1] in grey: [H, W, 3]."""
+    if image.shape[0] in (3, 5):
+        return image[:3].permute(1, 2, 0).clamp(0, 1).numpy()
+    channel = image[0]
+    low, high = channel.min(), channel.max()
+    channel = (channel - low) / (high - low) if high > low else torch.zeros_like(channel)
+    return channel[..., None].expand(-1, -1, 3).numpy()
+
+
 def overlays(task: Task, scored: ScoredSet, count: int, folder: Path) -> list[Path]:
     """Image, ground truth and anomaly map for the first ``count`` anomalous test images."""
     if scored.maps is None or count == 0:
@@ -110,7 +122,7 @@ def overlays(task: Task, scored: ScoredSet, count: int, folder: Path) -> list[Pa
     for i in picks:
         image, mask, _ = task.test[i]
         fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.6))
-        picture = image.permute(1, 2, 0).numpy()  # [H, W, 3]
+        picture = displayable(image)
         axes[0].imshow(picture)
         axes[0].set_title(f"{task.name} #{i}", fontsize=8)
         axes[1].imshow(picture)

@@ -17,6 +17,14 @@ with ``--json`` writes a list of rows with keys ``impl``, ``detector``, ``fit_s`
 ``feature_s``, ``coreset_s`` (None for PaDiM), ``infer_images_per_s``, ``peak_mb`` (process
 max RSS on CPU, CUDA max allocated on GPU), ``image_auroc``, ``pixel_auroc``.
 
+``cl-scaling`` streams ``--tasks`` synthetic tasks (the six synthetic categories, then the same
+categories drawn with the next generator seed, and so on) through PatchCore under the ``cl``
+strategy with the budget ``--mem-size-cl`` and, for contrast, with no budget (the union of all
+task coresets), and prints per task: bank rows, bank MB, seconds to learn the task (features +
+coreset + merge), and test images/s against the bank::
+
+    python -m clad.perf cl-scaling [--tasks 10] [--mem-size-cl 2000] [--image-size 128]
+
 anomalib lives in its own virtual environment because it pins packages clad does not need
 (lightning, jsonargparse, ...); ``setup-anomalib`` creates it with the same torch.
 """
@@ -148,6 +156,59 @@ def memory_bank(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def cl_scaling(args: argparse.Namespace) -> list[dict]:
+    """PatchCore under ``cl``: bank size, learn time and search speed after every task, with
+    the budget and without one."""
+    import time
+
+    from clad.benchmarks.mvtec import ImageDataset, read_category
+    from clad.benchmarks.synthetic import SYNTHETIC_CATEGORIES, generate_dataset
+    from clad.models.patchcore import PatchCore
+    from clad.strategies.memory_bank import ContinualMemoryBank
+    from clad.types import Task
+
+    torch.manual_seed(args.seed)
+    tasks = []
+    for t in range(args.tasks):
+        seed, category = divmod(t, len(SYNTHETIC_CATEGORIES))
+        root = Path(args.cache_dir) / f"cl_scaling_{args.image_size}_seed{seed}"
+        generate_dataset(root, seed=seed, categories=[SYNTHETIC_CATEGORIES[category]],
+                         image_size=args.image_size, n_train=args.n_train, n_test_good=8,
+                         n_test_per_defect=2)
+        train, test = read_category(root, SYNTHETIC_CATEGORIES[category])
+        tasks.append(Task(task_id=t, name=f"{SYNTHETIC_CATEGORIES[category]}#{seed}",
+                          train=ImageDataset(train, args.image_size), val=None,
+                          test=ImageDataset(test, args.image_size)))
+    probe = torch.stack([tasks[0].test[i][0] for i in range(min(16, len(tasks[0].test)))])
+
+    def make() -> PatchCore:
+        return PatchCore(backbone=args.backbone, weights=args.weights,
+                         coreset_ratio=args.coreset_ratio, device=args.device)
+
+    rows = []
+    for label, budget in (("cl", args.mem_size_cl), ("no budget", 10**12)):
+        strategy = ContinualMemoryBank(make, mem_size_cl=budget)
+        for task in tasks:
+            began = time.perf_counter()
+            strategy.learn(task)
+            learnt = time.perf_counter() - began
+            strategy.predict(probe[:2], None)  # warm-up
+            began = time.perf_counter()
+            strategy.predict(probe, None)
+            rate = len(probe) / (time.perf_counter() - began)
+            row = {"variant": label, "task": task.task_id, "name": task.name,
+                   "bank_rows": strategy.memory_items(),
+                   "bank_mb": strategy.memory_bytes() / 2**20, "learn_s": learnt,
+                   "infer_images_per_s": rate}
+            rows.append(row)
+            print(f"| {label} | {task.task_id} | {task.name} | {row['bank_rows']} | "
+                  f"{row['bank_mb']:.2f} | {learnt:.1f} | {rate:.1f} |", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m clad.perf", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -168,9 +229,25 @@ def main(argv: list[str] | None = None) -> None:
     race.add_argument("--seed", type=int, default=0)
     race.add_argument("--anomalib-python", help="anomalib's interpreter (default .venv-anomalib)")
     race.add_argument("--cache-dir", default=str(ROOT / "benchmarks_out" / "cache"))
+    scaling = commands.add_parser("cl-scaling", help="PatchCore under cl over many tasks")
+    scaling.add_argument("--tasks", type=int, default=10)
+    scaling.add_argument("--mem-size-cl", type=int, default=2000)
+    scaling.add_argument("--image-size", type=int, default=128)
+    scaling.add_argument("--n-train", type=int, default=40)
+    scaling.add_argument("--coreset-ratio", type=float, default=0.1)
+    scaling.add_argument("--backbone", default="efficientnet_lite0")
+    scaling.add_argument("--weights", default="imagenet")
+    scaling.add_argument("--device", default="cpu")
+    scaling.add_argument("--seed", type=int, default=0)
+    scaling.add_argument("--json", help="write the rows to this file")
+    scaling.add_argument("--cache-dir", default=str(ROOT / "benchmarks_out" / "cache"))
     args = parser.parse_args(argv)
     if args.command == "setup-anomalib":
         setup_anomalib(Path(args.venv))
+    elif args.command == "cl-scaling":
+        print("| variant | task | name | bank rows | bank MB | learn s | test images/s |")
+        print("|---|---|---|---|---|---|---|")
+        cl_scaling(args)
     else:
         memory_bank(args)
 

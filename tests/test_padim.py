@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch.utils.data import ConcatDataset, TensorDataset
 
-from clad.models.components.gaussian import accumulate, add_stats, empty_stats, gaussian
+from clad.models.components.gaussian import (
+    Accumulator,
+    accumulate,
+    add_stats,
+    empty_stats,
+    gaussian,
+)
 from clad.models.padim import Padim
 
 SIZE = 32
@@ -38,6 +44,22 @@ def test_streaming_sums_give_the_sample_covariance():
     torch.testing.assert_close(mean, data.mean(0).T)
     for p in range(7):
         torch.testing.assert_close(cov[p], torch.cov(data[:, :, p].T))
+
+
+def test_accumulator_keeps_the_covariance_under_a_large_common_offset():
+    """float32 batch products about a shift: the covariance of features whose mean is 100x
+    their spread still matches a float64 computation to 1e-4 (raw float32 sums of x x^T would
+    lose it to cancellation)."""
+    g = torch.Generator().manual_seed(1)
+    data = 100 + torch.randn(300, 6, 4, generator=g, dtype=torch.float64)  # [N, D, P]
+    sums = Accumulator()
+    for part in data.split(32):
+        sums.add(part.float())
+    mean, cov = gaussian(sums.stats(), eps=0.0)
+    reference = data.float().double()  # the float32 inputs the accumulator saw
+    torch.testing.assert_close(mean, reference.mean(0).T, rtol=1e-6, atol=1e-5)
+    for p in range(4):
+        torch.testing.assert_close(cov[p], torch.cov(reference[:, :, p].T), rtol=1e-4, atol=1e-4)
 
 
 def test_pooled_statistics_equal_a_joint_fit_on_the_union():

@@ -27,9 +27,8 @@ from torch.utils.data import Dataset
 
 from clad.models.components.backbone import LAYERS, PADIM_LAYERS, FeatureExtractor
 from clad.models.components.gaussian import (
-    accumulate,
+    Accumulator,
     add_stats,
-    empty_stats,
     gaussian,
     inverse_covariance,
     mahalanobis,
@@ -98,18 +97,19 @@ class Padim(MemoryBankDetector):
 
     def build_memory(self, data: Dataset) -> Memory:
         began = time.perf_counter()
-        stats = None
+        sums = Accumulator()
         grid = None
         for images in self.images(data):
             embedding = self.embed(images)  # [B, D, h, w]
             b, d, h, w = embedding.shape
-            if stats is None:
-                stats, grid = empty_stats(h * w, d, self.device), (h, w)
+            if grid is None:
+                grid = (h, w)
             elif (h, w) != grid:
                 raise ValueError(
                     f"padim: images of different sizes in one dataset ({grid}, {h, w})"
                 )
-            accumulate(stats, embedding.reshape(b, d, h * w))
+            sums.add(embedding.reshape(b, d, h * w))
+        stats = sums.stats()
         self.timings = {"feature": time.perf_counter() - began}
         return {**stats, "grid": torch.tensor(grid)}
 

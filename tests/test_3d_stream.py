@@ -40,6 +40,10 @@ def test_3d_names_and_clads_switch_agree(tmp_path):
     named = dataset(name="mvtec3d")
     assert named.use_3D_dataset and named.mode == "rgb"
     assert dataset(name="synthetic", use_3D_dataset=True).name == "synthetic3d"
+    assert dataset(name="mvtec3d", mode="RGB").mode == "rgb"  # AST's names
+    raw = config(tmp_path, mode="combi")
+    raw["detector"] = {"name": "ast"}
+    assert validate_config(raw, "run.json").dataset.mode == "rgb+depth"
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,15 @@ def default_categories(name: str) -> tuple[str, ...]:
     }.get(name, CLAD_TASK_ORDER)
 
 
+def check_known(categories: list[str], known: tuple[str, ...], what: str) -> None:
+    """Fail naming the categories of a built-in set that it does not have."""
+    unknown = [c for c in categories if c not in known]
+    if unknown:
+        raise ConfigError(
+            f"dataset.categories: unknown {what} categories {unknown}; known: {', '.join(known)}"
+        )
+
+
 def _read_3d(config: DatasetConfig, root: Path, categories: list[str]) -> Callable:
     """Generate the synthetic 3D set when needed; return a reader of one category's
     (train, test) samples and the dataset class for the configured mode."""
@@ -35,12 +44,7 @@ def _read_3d(config: DatasetConfig, root: Path, categories: list[str]) -> Callab
     from clad.benchmarks.synthetic3d import SYNTHETIC_3D_CATEGORIES, generate_dataset_3d
 
     if config.name == "synthetic3d":
-        unknown = [c for c in categories if c not in SYNTHETIC_3D_CATEGORIES]
-        if unknown:
-            raise ConfigError(
-                f"dataset.categories: unknown synthetic 3D categories {unknown}; "
-                f"known: {', '.join(SYNTHETIC_3D_CATEGORIES)}"
-            )
+        check_known(categories, SYNTHETIC_3D_CATEGORIES, "synthetic 3D")
         gen = config.synthetic
         generate_dataset_3d(
             root, seed=gen.seed, categories=categories, image_size=gen.image_size,
@@ -100,12 +104,7 @@ def build_tasks(config: DatasetConfig, seed: int) -> list[Task]:
             crop_size=config.crop_size,
         )
     elif config.name == "synthetic":
-        unknown = [c for c in categories if c not in SYNTHETIC_CATEGORIES]
-        if unknown:
-            raise ConfigError(
-                f"dataset.categories: unknown synthetic categories {unknown}; "
-                f"known: {', '.join(SYNTHETIC_CATEGORIES)}"
-            )
+        check_known(categories, SYNTHETIC_CATEGORIES, "synthetic")
         gen = config.synthetic
         generate_dataset(
             root,

@@ -85,15 +85,28 @@ class Padim(MemoryBankDetector):
         self.channels = state["channels"].clone()
 
     def embed(self, x: Tensor) -> Tensor:
+        """The layers upsampled (nearest) to the finest grid, concatenated, then the random
+        channel subset: [B, D, h, w]. Computed as the subset of each layer first (nearest
+        upsampling acts per channel, so the result is the same), which avoids upsampling and
+        copying the channels that are thrown away."""
         with torch.no_grad():
             features = self.extractor(x)
             grid = features[0].shape[-2:]
-            resized = [
-                f if f.shape[-2:] == grid else F.interpolate(f, size=grid, mode="nearest")
-                for f in features
-            ]
-            embedding = torch.cat(resized, 1)  # [B, C, h, w]
-        return embedding.index_select(1, self.channels.to(embedding.device))  # [B, D, h, w]
+            channels = self.channels.to(features[0].device)
+            order = torch.argsort(channels)  # position in the subset of each sorted channel
+            picked, start = [], 0
+            for feature in features:
+                stop = start + feature.shape[1]
+                inside = channels[(channels >= start) & (channels < stop)].sort().values
+                part = feature.index_select(1, inside - start)
+                if part.shape[-2:] != grid:
+                    part = F.interpolate(part, size=grid, mode="nearest")
+                picked.append(part)
+                start = stop
+            sorted_subset = torch.cat(picked, 1)  # [B, D, h, w], channels in ascending order
+            embedding = torch.empty_like(sorted_subset)
+            embedding[:, order] = sorted_subset  # back to the order of self.channels
+        return embedding
 
     def build_memory(self, data: Dataset) -> Memory:
         began = time.perf_counter()

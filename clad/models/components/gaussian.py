@@ -98,8 +98,12 @@ def gaussian(stats: dict, eps: float) -> tuple[Tensor, Tensor]:
     eye = torch.eye(channels, dtype=torch.float64, device=mean.device)
     if n < 2:
         return mean, eps * eye.expand(mean.shape[0], channels, channels).clone()
-    scatter = stats["outer"] - n * mean[:, :, None] * mean[:, None, :]
-    return mean, scatter / (n - 1) + eps * eye
+    # (outer - n mean mean^T) / (n - 1) in one pass over the [P, D, D] float64 array
+    covariance = torch.baddbmm(
+        stats["outer"], mean[:, :, None], mean[:, None, :], beta=1 / (n - 1), alpha=-n / (n - 1)
+    )
+    covariance.diagonal(dim1=1, dim2=2).add_(eps)
+    return mean, covariance
 
 
 def inverse_covariance(covariance: Tensor) -> Tensor:

@@ -60,15 +60,3 @@ def tiny_config(tmp_path, synthetic_root) -> Path:
     path.write_text(json.dumps(config))
     return path
 
-
-@pytest.fixture()
-def one_thread():
-    """Run single-threaded: on a loaded 2-core machine, torch's default 2 OpenMP threads made
-    the training quality tests 10-20x slower (measured: 406 s instead of 19 s for the fast
-    STFPM test)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

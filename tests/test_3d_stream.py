@@ -67,6 +67,29 @@ def test_depth_needs_a_detector_that_takes_depth(tmp_path):
         validate_config(raw, "run.json")
 
 
+def test_input_mode_is_set_by_the_dataset_not_the_detector_block(tmp_path):
+    raw = config(tmp_path, mode="depth")
+    raw["detector"] = {"name": "ast", "input_mode": "depth"}
+    with pytest.raises(ConfigError, match="detector.input_mode: set the inputs with dataset.mode"):
+        validate_config(raw, "run.json")
+
+
+def test_depth_inputs_are_drawn_as_a_grey_height_map():
+    import torch
+
+    from clad.tracking.plots import displayable
+
+    height = torch.zeros(2, 4, 4)
+    height[0, 1, 1] = 0.5  # the object's top, everything else background
+    picture = displayable(height)
+    assert picture.shape == (4, 4, 3) and picture[1, 1].tolist() == [1.0, 1.0, 1.0]
+    assert picture.max() == 1.0 and picture[0, 0].tolist() == [0.0, 0.0, 0.0]
+    rgbd = torch.rand(5, 4, 4) * 2  # RGB (out of range here) first, then height, foreground
+    np_rgb = displayable(rgbd)
+    assert np_rgb.shape == (4, 4, 3) and np_rgb.max() <= 1.0
+    assert (np_rgb == rgbd[:3].clamp(0, 1).permute(1, 2, 0).numpy()).all()
+
+
 def test_clad_format_3d_switch_maps_task_order_to_mvtec3d_categories(tmp_path):
     run = {"architecture": "unet", "use_3D_dataset": True, "mode": "rgb",
            "task_order": [2, 0], "data_path": "/data/mvtec3d"}

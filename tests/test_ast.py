@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import Subset, TensorDataset
 
-from clad.benchmarks.mvtec3d import RGBDDataset, read_category_3d
+from clad.benchmarks.mvtec3d import MODE_CHANNELS, RGBDDataset, read_category_3d
 from clad.benchmarks.synthetic3d import generate_dataset_3d
 from clad.models.ast import (
     AST,
@@ -20,17 +20,8 @@ from clad.models.ast import (
 )
 from clad.models.components.flows import run_flow
 
-CHANNELS = {"rgb": 3, "depth": 2, "rgb+depth": 5}
+CHANNELS = MODE_CHANNELS
 SIZE = 32
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Single-threaded: on a loaded 2-core machine torch's 2 threads are much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(input_mode: str, **overrides) -> AST:

@@ -113,7 +113,7 @@ def evaluate(root, category: str, **settings) -> tuple[float, float]:
     return evaluate_detector(make, root, category, SIZE, "cfa")
 
 
-def test_cfa_separates_synthetic_defects_fast(synthetic_root, one_thread):
+def test_cfa_separates_synthetic_defects_fast(synthetic_root):
     # measured (seed 0, efficientnet-lite0 descriptors, 64 px, 28 train images, 5 epochs,
     # CPU): nut 1.000 image / 0.940 pixel AUROC. The pretrained descriptors with the coreset
     # memory already separate these defects before any adaptation (0.96 / 0.93 after 0 epochs),
@@ -125,7 +125,7 @@ def test_cfa_separates_synthetic_defects_fast(synthetic_root, one_thread):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("category", ["stripes", "disc", "nut"])
-def test_cfa_separates_synthetic_defects(synthetic_root, category, one_thread):
+def test_cfa_separates_synthetic_defects(synthetic_root, category):
     # measured (seed 0, as above but 30 epochs), image / pixel AUROC: stripes 1.000 / 0.978,
     # disc 0.931 / 0.972, nut 0.981 / 0.936
     image, pixel = evaluate(synthetic_root, category, epochs=30)

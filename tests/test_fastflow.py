@@ -142,7 +142,7 @@ def evaluate(root, category: str, **settings) -> tuple[float, float]:
     return evaluate_detector(make, root, category, SIZE, "fastflow")
 
 
-def test_fastflow_separates_synthetic_defects_fast(synthetic_root, one_thread):
+def test_fastflow_separates_synthetic_defects_fast(synthetic_root):
     # measured (seed 0, efficientnet-lite0 features, 64 px, 28 train images, 12 epochs, CPU):
     # disc 0.881 image / 0.890 pixel AUROC. Floors leave margin for other platforms' rounding
     # but fail an untrained or broken model.
@@ -153,7 +153,7 @@ def test_fastflow_separates_synthetic_defects_fast(synthetic_root, one_thread):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("category", ["stripes", "disc", "nut"])
-def test_fastflow_separates_synthetic_defects(synthetic_root, category, one_thread):
+def test_fastflow_separates_synthetic_defects(synthetic_root, category):
     # measured (seed 0, as above but 30 epochs), image / pixel AUROC: stripes 1.000 / 0.983,
     # disc 0.956 / 0.924, nut 0.887 / 0.842
     image, pixel = evaluate(synthetic_root, category, epochs=30)

@@ -5,13 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import ConcatDataset, TensorDataset
 
-from clad.models.components.gaussian import (
-    Accumulator,
-    accumulate,
-    add_stats,
-    empty_stats,
-    gaussian,
-)
+from clad.models.components.gaussian import Accumulator, add_stats, gaussian
 from clad.models.padim import Padim
 
 SIZE = 32
@@ -37,10 +31,10 @@ def tiny(**overrides) -> Padim:
 def test_streaming_sums_give_the_sample_covariance():
     g = torch.Generator().manual_seed(0)
     data = torch.randn(50, 5, 7, generator=g, dtype=torch.float64) + 3  # [N, D, P]
-    stats = empty_stats(7, 5)
+    sums = Accumulator()
     for part in data.split(13):
-        accumulate(stats, part)
-    mean, cov = gaussian(stats, eps=0.0)
+        sums.add(part)
+    mean, cov = gaussian(sums.stats(), eps=0.0)
     torch.testing.assert_close(mean, data.mean(0).T)
     for p in range(7):
         torch.testing.assert_close(cov[p], torch.cov(data[:, :, p].T))
@@ -78,10 +72,10 @@ def test_pooled_statistics_equal_a_joint_fit_on_the_union():
 
 
 def test_add_stats_is_exact_sum():
-    a, b = empty_stats(2, 3), empty_stats(2, 3)
-    accumulate(a, torch.ones(2, 3, 2))
-    accumulate(b, 2 * torch.ones(3, 3, 2))
-    total = add_stats([a, b])
+    a, b = Accumulator(), Accumulator()
+    a.add(torch.ones(2, 3, 2))
+    b.add(2 * torch.ones(3, 3, 2))
+    total = add_stats([a.stats(), b.stats()])
     assert float(total["count"]) == 5
     torch.testing.assert_close(total["total"], torch.full((2, 3), 8.0, dtype=torch.float64))
 
@@ -96,3 +90,17 @@ def test_maps_and_image_score_are_consistent():
     assert scores.pixel.shape == (3, SIZE, SIZE)
     torch.testing.assert_close(scores.image, scores.pixel.flatten(1).amax(1))
     assert scores.image[0] > scores.image[1:].max()
+
+
+def test_embed_is_the_channel_subset_of_the_upsampled_concatenation():
+    """The subset is taken per layer before upsampling; that must equal the definition
+    (upsample every layer to the finest grid, concatenate, then pick ``channels`` in order)."""
+    torch.manual_seed(3)
+    detector = tiny(n_features=40)
+    x = images(2, 5)[:][0]
+    features = detector.extractor(x)
+    grid = features[0].shape[-2:]
+    upsampled = [torch.nn.functional.interpolate(f, size=grid, mode="nearest") for f in features]
+    expected = torch.cat(upsampled, 1).index_select(1, detector.channels)
+    assert not torch.equal(detector.channels, detector.channels.sort().values)  # a real shuffle
+    torch.testing.assert_close(detector.embed(x), expected, rtol=0, atol=0)

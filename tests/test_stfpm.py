@@ -95,7 +95,7 @@ def evaluate(root, category: str, **settings) -> tuple[float, float]:
     return evaluate_detector(make, root, category, SIZE, "stfpm")
 
 
-def test_stfpm_separates_synthetic_defects_fast(synthetic_root, one_thread):
+def test_stfpm_separates_synthetic_defects_fast(synthetic_root):
     # measured (seed 0, efficientnet-lite0 teacher, 64 px, 28 train images, SGD lr 0.4,
     # 12 epochs, CPU): nut 0.863 image / 0.855 pixel AUROC. Floors leave margin for other
     # platforms' rounding but fail an untrained or broken model.
@@ -106,7 +106,7 @@ def test_stfpm_separates_synthetic_defects_fast(synthetic_root, one_thread):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("category", ["stripes", "disc", "nut"])
-def test_stfpm_separates_synthetic_defects(synthetic_root, category, one_thread):
+def test_stfpm_separates_synthetic_defects(synthetic_root, category):
     # measured (seed 0, as above but 30 epochs), image / pixel AUROC: stripes 1.000 / 0.973,
     # disc 0.938 / 0.932, nut 0.981 / 0.869
     image, pixel = evaluate(synthetic_root, category, epochs=30)

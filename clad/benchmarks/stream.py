@@ -39,7 +39,7 @@ def check_known(categories: list[str], known: tuple[str, ...], what: str) -> Non
 
 def _read_3d(config: DatasetConfig, root: Path, categories: list[str]) -> Callable:
     """Generate the synthetic 3D set when needed; return a reader of one category's
-    (train, test) samples and the dataset class for the configured mode."""
+    (train, test) samples."""
     from clad.benchmarks.mvtec3d import read_category_3d
     from clad.benchmarks.synthetic3d import SYNTHETIC_3D_CATEGORIES, generate_dataset_3d
 

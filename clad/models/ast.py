@@ -488,15 +488,14 @@ class AST(TrainedDetector):
         if self.pre_extract:
             train = self._encoded(train)
             val = self._encoded(val) if val is not None and len(val) > 0 else None
-        student_epochs = self.epochs
         try:
-            for phase, epochs in (("teacher", self.teacher_epochs), ("student", student_epochs)):
+            for phase, epochs in (("teacher", self.teacher_epochs), ("student", self.epochs)):
                 if epochs == 0:
                     continue
-                self.phase, self.epochs = phase, epochs
-                super().fit(train, val)
+                self.phase = phase
+                self.train_epochs(train, val, epochs)
         finally:
-            self.phase, self.epochs = "teacher", student_epochs
+            self.phase = "teacher"
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         trained = self.network.teacher if self.phase == "teacher" else self.network.student

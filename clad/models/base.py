@@ -178,11 +178,17 @@ class TrainedDetector(Detector):
     def fit(self, train: Dataset, val: Dataset | None = None) -> None:
         if len(train) == 0:
             raise ValueError(f"{type(self).__name__}.fit: the training set is empty")
+        self.train_epochs(train, val, self.epochs)
+
+    def train_epochs(self, train: Dataset, val: Dataset | None, epochs: int) -> None:
+        """The shared loop for ``epochs`` epochs: a fresh optimizer and scheduler, early
+        stopping on ``val``, the best validation state restored. Detectors that train in
+        phases (AST: teacher, then student) call it once per phase."""
         self.network.to(self.device)
         optimizer = self.make_optimizer()
         scheduler = self.make_scheduler(optimizer)
         best_loss, best_state, stale = math.inf, None, 0
-        bar = tqdm(range(self.epochs), desc=f"fit {self.name}", leave=False)
+        bar = tqdm(range(epochs), desc=f"fit {self.name}", leave=False)
         for epoch in bar:
             self.network.train()
             sums: dict[str, float] = {}

@@ -18,15 +18,6 @@ import torch
 from torch import Tensor
 
 
-def empty_stats(positions: int, channels: int, device: torch.device | str = "cpu") -> dict:
-    """Statistics of zero samples."""
-    return {
-        "count": torch.zeros((), dtype=torch.float64, device=device),
-        "total": torch.zeros(positions, channels, dtype=torch.float64, device=device),
-        "outer": torch.zeros(positions, channels, channels, dtype=torch.float64, device=device),
-    }
-
-
 class Accumulator:
     """Streaming statistics of feature batches [B, D, P], exact to float32 rounding of
     *centred* values, fast on a CPU.
@@ -72,15 +63,6 @@ class Accumulator:
             "total": t + self.count * c,
             "outer": outer,
         }
-
-
-def accumulate(stats: dict, features: Tensor) -> None:
-    """Add a batch ``features`` [B, D, P] to float64 ``stats`` in place (one ``Accumulator``
-    step; use an ``Accumulator`` directly for many batches)."""
-    part = Accumulator()
-    part.add(features)
-    for key, value in part.stats().items():
-        stats[key] += value
 
 
 def add_stats(parts: list[dict]) -> dict:

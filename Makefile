@@ -26,6 +26,7 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check clad tests main.py
+	$(BIN)/ruff format --check clad tests main.py
 
 clean-venv:
 	rm -rf $(VENV)

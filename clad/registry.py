@@ -1,7 +1,9 @@
 """Name -> class tables for detectors and strategies, and validated construction from config.
 
-Tables are explicit dicts filled by ``register_*`` decorators; ``clad.models`` and
-``clad.strategies`` import every module explicitly. A constructor's keyword arguments are its
+Tables are explicit dicts filled by ``register_*`` decorators when a detector or strategy module
+is imported; this module imports none of them. ``clad.models`` and ``clad.strategies`` import
+every one of their modules, so a caller that needs the full tables imports those two packages
+(``clad.config`` does). A constructor's keyword arguments are its
 config schema: ``build`` validates a config dict against the signature (types included, unknown
 keys rejected) before calling it.
 """
@@ -15,12 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from clad.errors import ConfigError
+
 DETECTORS: dict[str, type] = {}
 STRATEGIES: dict[str, type] = {}
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the file, the field and what is allowed."""
 
 
 def _register(table: dict[str, type], kind: str) -> Callable[[str], Callable[[type], type]]:
@@ -42,22 +42,20 @@ register_strategy = _register(STRATEGIES, "strategy")
 
 
 def detector_table() -> dict[str, type]:
-    import clad.models  # noqa: F401  (fills DETECTORS)
-
+    """Name -> detector class of every detector module imported so far (all of them once
+    ``clad.models`` is imported)."""
     return DETECTORS
 
 
 def strategy_table() -> dict[str, type]:
-    import clad.strategies  # noqa: F401  (fills STRATEGIES)
-
+    """Name -> strategy class of every strategy module imported so far (all of them once
+    ``clad.strategies`` is imported)."""
     return STRATEGIES
 
 
 def lookup(table: dict[str, type], name: str, kind: str, where: str) -> type:
     if name not in table:
-        raise ConfigError(
-            f"{where}: unknown {kind} {name!r}; known: {', '.join(sorted(table))}"
-        )
+        raise ConfigError(f"{where}: unknown {kind} {name!r}; known: {', '.join(sorted(table))}")
     return table[name]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from clad.benchmarks.dcase import clip_groups
 from clad.benchmarks.stream import build_tasks
 from clad.config import STRATEGY_CONTEXT, RunConfig, detector_kwargs
 from clad.metrics import (
@@ -31,29 +30,18 @@ from clad.metrics import (
 )
 from clad.metrics.continual import summarize
 from clad.models.base import resolve_device
+from clad.records import ScoredSet, Task
 from clad.registry import detector_table, strategy_table, validate_params
 from clad.seeding import rng_state, seed_everything, set_rng_state
 from clad.strategies.base import Strategy
 from clad.tracking import files
 from clad.tracking.loggers import Logger, build_loggers
-from clad.types import Task
 
 COST_KEYS = ("train_seconds", "infer_images_per_s", "detector_mb", "memory_mb", "peak_memory_mb")
 
 
 class RunExistsError(RuntimeError):
     """The output folder already holds a run and neither resume nor overwrite was asked."""
-
-
-@dataclass
-class ScoredSet:
-    """Scores of one dataset: labels [N], image scores [N], masks/maps [N, H, W] or None."""
-
-    labels: np.ndarray
-    image: np.ndarray
-    masks: np.ndarray | None
-    maps: np.ndarray | None
-    seconds: float
 
 
 @torch.no_grad()
@@ -118,6 +106,17 @@ def build_strategy(config: RunConfig, tasks: Sequence[Task]) -> Strategy:
     return strategy_cls(**{k: v for k, v in context.items() if k in accepted}, **params)
 
 
+@dataclass
+class Progress:
+    """What a run has produced so far: the T x T matrices, costs and thresholds per task, and
+    the first task still to learn."""
+
+    matrices: dict[str, np.ndarray]
+    costs: dict[str, list[float]]
+    thresholds: dict[str, list[float]] = field(default_factory=lambda: {"image": [], "pixel": []})
+    start: int = 0
+
+
 class Run:
     """One configuration with one seed, from the first task (or a checkpoint) to the end."""
 
@@ -167,85 +166,140 @@ class Run:
         self._check_folder()
         wall_start = time.perf_counter()
         seed_everything(self.seed)
-        config = self.config
-        tasks = build_tasks(config.dataset, self.seed)
+        tasks = build_tasks(self.config.dataset, self.seed)
+        strategy = build_strategy(self.config, tasks)
+        self._prepare_folder()
+        progress = self._resume(strategy, tasks)
+        resolved = {**self.config.model_dump(), "seed": self.seed}
+        files.write_json(self.dir / "config.json", resolved)
+        loggers = (
+            self._loggers
+            if self._loggers is not None
+            else build_loggers(self.config.model_dump(), self.seed, self.dir)
+        )
+        last_row: list[ScoredSet] | None = None
+        for t in range(progress.start, len(tasks)):
+            last_row = self._learn_and_evaluate(strategy, tasks, t, progress, wall_start, loggers)
+            if self.config.output.checkpoints:
+                self._checkpoint(strategy, tasks, t, progress)
+        return self._finish(strategy, tasks, progress, last_row, wall_start, loggers)
+
+    def _resume(self, strategy: Strategy, tasks: Sequence[Task]) -> Progress:
+        """Fresh matrices, or (with ``resume``) the state after the last checkpointed task: the
+        strategy, the matrices, costs, thresholds and every RNG."""
         names = [t.name for t in tasks]
         n = len(tasks)
-        strategy = build_strategy(config, tasks)
-        self._prepare_folder()
-        matrices = {m: np.full((n, n), np.nan) for m in self._metric_names(tasks)}
-        costs: dict[str, list[float]] = {k: [] for k in COST_KEYS}
-        thresholds: dict[str, list[float]] = {"image": [], "pixel": []}
-        start = 0
+        progress = Progress(
+            matrices={m: np.full((n, n), np.nan) for m in self._metric_names(tasks)},
+            costs={k: [] for k in COST_KEYS},
+        )
         checkpoints = self._checkpoints() if self.resume else []
-        if checkpoints:
-            saved = files.load_torch(checkpoints[-1])
-            if saved["tasks"] != names:
-                raise RuntimeError(
-                    f"{checkpoints[-1]}: checkpoint was made for tasks {saved['tasks']}, "
-                    f"the config now gives {names}"
-                )
-            strategy.load_state_dict(saved["strategy"])
-            matrices = {m: np.array(v, dtype=float) for m, v in saved["matrices"].items()}
-            costs, thresholds = saved["costs"], saved["thresholds"]
-            set_rng_state(saved["rng"])
-            start = saved["task"] + 1
-            print(f"[clad] resuming {self.dir} after task {start}/{n} ({names[start - 1]})")
-        files.write_json(
-            self.dir / "config.json", {**config.model_dump(), "seed": self.seed}
+        if not checkpoints:
+            return progress
+        saved = files.load_torch(checkpoints[-1])
+        if saved["tasks"] != names:
+            raise RuntimeError(
+                f"{checkpoints[-1]}: checkpoint was made for tasks {saved['tasks']}, "
+                f"the config now gives {names}"
+            )
+        strategy.load_state_dict(saved["strategy"])
+        progress.matrices = {m: np.array(v, dtype=float) for m, v in saved["matrices"].items()}
+        progress.costs, progress.thresholds = saved["costs"], saved["thresholds"]
+        set_rng_state(saved["rng"])
+        progress.start = saved["task"] + 1
+        print(
+            f"[clad] resuming {self.dir} after task {progress.start}/{n} "
+            f"({names[progress.start - 1]})"
         )
-        loggers = self._loggers if self._loggers is not None else build_loggers(
-            config, self.seed, self.dir
+        return progress
+
+    def _learn_and_evaluate(
+        self,
+        strategy: Strategy,
+        tasks: Sequence[Task],
+        t: int,
+        progress: Progress,
+        wall_start: float,
+        loggers: list[Logger],
+    ) -> list[ScoredSet]:
+        """Learn task ``t``, fix the thresholds, score every task's test set into row ``t`` of
+        the matrices, record the costs, write ``metrics.json`` and log the step."""
+        device_type = resolve_device(self.config.training.device).type
+        costs, thresholds = progress.costs, progress.thresholds
+        if device_type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        began = time.perf_counter()
+        strategy.learn(tasks[t])
+        costs["train_seconds"].append(time.perf_counter() - began)
+        image_thr, pixel_thr = self._thresholds(strategy, tasks[: t + 1])
+        thresholds["image"].append(image_thr)
+        thresholds["pixel"].append(pixel_thr)
+        row = self._evaluate_row(strategy, tasks, t, progress.matrices, image_thr, pixel_thr, costs)
+        costs["detector_mb"].append(sum(state_mb(d.state_dict()) for d in strategy.detectors()))
+        costs["memory_mb"].append(strategy.memory_bytes() / 2**20)
+        costs["peak_memory_mb"].append(peak_memory_mb(device_type))
+        names = [task.name for task in tasks]
+        summary = summarize(progress.matrices, upto=t)
+        record = self._record(names, progress, summary, t + 1, wall_start)
+        files.write_json(self.metrics_path, record)
+        values = self._step_values(progress.matrices, summary, costs, t, names)
+        for logger in loggers:
+            logger.log_task(t, tasks[t].name, values)
+        return row
+
+    def _checkpoint(
+        self, strategy: Strategy, tasks: Sequence[Task], t: int, progress: Progress
+    ) -> None:
+        """``checkpoints/task_<t>.pt``: everything ``_resume`` needs to continue after task t."""
+        files.save_torch(
+            self.dir / "checkpoints" / f"task_{t}.pt",
+            {
+                "task": t,
+                "tasks": [task.name for task in tasks],
+                "strategy": strategy.state_dict(),
+                "matrices": {m: v.tolist() for m, v in progress.matrices.items()},
+                "costs": progress.costs,
+                "thresholds": progress.thresholds,
+                "rng": rng_state(),
+            },
         )
-        device_type = resolve_device(config.training.device).type
-        last_row: list[ScoredSet] | None = None
-        for t in range(start, n):
-            task = tasks[t]
-            if device_type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            began = time.perf_counter()
-            strategy.learn(task)
-            costs["train_seconds"].append(time.perf_counter() - began)
-            image_thr, pixel_thr = self._thresholds(strategy, tasks[: t + 1])
-            thresholds["image"].append(image_thr)
-            thresholds["pixel"].append(pixel_thr)
-            last_row = self._evaluate_row(strategy, tasks, t, matrices, image_thr, pixel_thr, costs)
-            costs["detector_mb"].append(sum(state_mb(d.state_dict()) for d in strategy.detectors()))
-            costs["memory_mb"].append(strategy.memory_bytes() / 2**20)
-            costs["peak_memory_mb"].append(peak_memory_mb(device_type))
-            summary = summarize(matrices, upto=t)
-            record = self._record(names, matrices, summary, costs, thresholds, t + 1, wall_start)
-            files.write_json(self.metrics_path, record)
-            for logger in loggers:
-                logger.log_task(t, task.name, self._step_values(matrices, summary, costs, t, names))
-            if config.output.checkpoints:
-                files.save_torch(
-                    self.dir / "checkpoints" / f"task_{t}.pt",
-                    {
-                        "task": t,
-                        "tasks": names,
-                        "strategy": strategy.state_dict(),
-                        "matrices": {m: v.tolist() for m, v in matrices.items()},
-                        "costs": costs,
-                        "thresholds": thresholds,
-                        "rng": rng_state(),
-                    },
-                )
+
+    def _finish(
+        self,
+        strategy: Strategy,
+        tasks: Sequence[Task],
+        progress: Progress,
+        last_row: list[ScoredSet] | None,
+        wall_start: float,
+        loggers: list[Logger],
+    ) -> dict:
+        """The final record, ``metrics.csv``, the plots and the loggers' end of run."""
         if last_row is None:  # resumed a finished run: score the final row again for the plots
-            image_thr, pixel_thr = thresholds["image"][-1], thresholds["pixel"][-1]
             last_row = [self._score(strategy, task) for task in tasks]
-        summary = summarize(matrices, upto=n - 1)
-        record = self._record(names, matrices, summary, costs, thresholds, n, wall_start)
+        names = [task.name for task in tasks]
+        summary = summarize(progress.matrices, upto=len(tasks) - 1)
+        record = self._record(names, progress, summary, len(tasks), wall_start)
         files.write_json(self.metrics_path, record)
         write_metrics_csv(self.dir / "metrics.csv", record)
         produced: list[Path] = []
-        if config.output.plots:
-            from clad.tracking import plots
-
-            produced = plots.write_run_plots(self.dir, record, last_row, tasks, config)
+        if self.config.output.plots:
+            produced = self._plots(record, last_row, tasks)
         for logger in loggers:
             logger.finish(summary, record, produced)
         return record
+
+    def _plots(self, record: dict, last_row: list[ScoredSet], tasks: Sequence[Task]) -> list[Path]:
+        overlays = self.config.evaluation.overlays_per_task
+        if self.config.dataset.modality == "audio":
+            from clad.tracking.audio_plots import write_audio_run_plots
+
+            audio = self.config.dataset.audio
+            return write_audio_run_plots(
+                self.dir, record, last_row, tasks, overlays, audio.hop_length / audio.sample_rate
+            )
+        from clad.tracking.plots import write_run_plots
+
+        return write_run_plots(self.dir, record, last_row, tasks, overlays)
 
     def _score(self, strategy: Strategy, task: Task, data: Dataset | None = None) -> ScoredSet:
         task_id = task.task_id if strategy.task_aware else None
@@ -263,9 +317,8 @@ class Run:
         machine type and per section (``clad.metrics.audio``)."""
         if self.config.dataset.modality == "image":
             return TASK_METRICS
-        groups = [clip_groups(task.test) for task in tasks]
-        sections = [s for task_sections, _ in groups for s in task_sections]
-        with_domains = any(d is not None for _, domains in groups for d in domains)
+        sections = [s for task in tasks for s in task.test_sections]
+        with_domains = any(d is not None for task in tasks for d in task.test_domains)
         return audio_metric_names(sections, with_domains)
 
     def _task_values(
@@ -273,8 +326,9 @@ class Run:
     ) -> dict[str, float]:
         """One cell of every matrix for one test set."""
         if self.config.dataset.modality == "audio":
-            sections, domains = clip_groups(task.test)
-            return evaluate_audio_scores(scored.labels, scored.image, sections, domains)
+            return evaluate_audio_scores(
+                scored.labels, scored.image, task.test_sections, task.test_domains
+            )
         return evaluate_scores(
             scored.labels,
             scored.image,
@@ -321,15 +375,16 @@ class Run:
 
     def _step_values(self, matrices, summary, costs, t, names) -> dict[str, float]:
         values = {
-            f"{m}/{names[k]}": float(matrices[m][t, k])
-            for m in matrices
-            for k in range(len(names))
+            f"{m}/{names[k]}": float(matrices[m][t, k]) for m in matrices for k in range(len(names))
         }
         values.update(summary)
         values.update({f"cost/{k}": v[-1] for k, v in costs.items()})
         return values
 
-    def _record(self, names, matrices, summary, costs, thresholds, completed, wall_start) -> dict:
+    def _record(
+        self, names: list[str], progress: Progress, summary: dict, completed: int, wall_start: float
+    ) -> dict:
+        matrices, costs, thresholds = progress.matrices, progress.costs, progress.thresholds
         return {
             "run_name": self.config.run_name,
             "seed": self.seed,
@@ -360,6 +415,7 @@ def write_metrics_csv(path: Path, record: dict) -> None:
     for key, value in record["summary"].items():
         rows.append([key, "", "", "", "", value])
     files.write_csv(
-        path, ["metric", "after_task", "after_task_name", "eval_task", "eval_task_name", "value"],
+        path,
+        ["metric", "after_task", "after_task_name", "eval_task", "eval_task_name", "value"],
         rows,
     )

@@ -30,7 +30,12 @@ def synthetic_root(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("synthetic")
     generate_dataset(
-        root, seed=0, categories=TINY_CATEGORIES, image_size=32, n_train=12, n_test_good=4,
+        root,
+        seed=0,
+        categories=TINY_CATEGORIES,
+        image_size=32,
+        n_train=12,
+        n_test_good=4,
         n_test_per_defect=2,
     )
     return root
@@ -46,8 +51,12 @@ def tiny_config(tmp_path, synthetic_root) -> Path:
             "root": str(synthetic_root),
             "categories": TINY_CATEGORIES,
             "image_size": 32,
-            "synthetic": {"image_size": 32, "n_train": 12, "n_test_good": 4,
-                          "n_test_per_defect": 2},
+            "synthetic": {
+                "image_size": 32,
+                "n_train": 12,
+                "n_test_good": 4,
+                "n_test_per_defect": 2,
+            },
         },
         "detector": {"name": "conv_ae"},
         "strategy": {"name": "replay", "mem_size": 6},
@@ -59,4 +68,3 @@ def tiny_config(tmp_path, synthetic_root) -> Path:
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(config))
     return path
-

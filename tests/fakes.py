@@ -7,7 +7,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
 from clad.models.base import Detector
-from clad.types import Scores, Task
+from clad.records import Scores, Task
 
 
 class RecordingDetector(Detector):
@@ -44,6 +44,7 @@ def fake_tasks(sizes: list[int]) -> list[Task]:
     """Tasks whose images encode (task id, index) in channel 0 and 1 of pixel (0, 0)."""
     tasks = []
     for t, n in enumerate(sizes):
+
         def make(count: int, tid: int = t) -> Dataset:
             images = torch.zeros(count, 3, 4, 4)
             images[:, 0] = tid

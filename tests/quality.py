@@ -20,8 +20,13 @@ def quality_root(tmp_path_factory, name: str, size: int) -> Path:
     """The synthetic categories the quality tests use (seed 0, 32 training images each)."""
     root = tmp_path_factory.mktemp(name)
     generate_dataset(
-        root, seed=0, categories=QUALITY_CATEGORIES, image_size=size, n_train=32,
-        n_test_good=10, n_test_per_defect=4,
+        root,
+        seed=0,
+        categories=QUALITY_CATEGORIES,
+        image_size=size,
+        n_train=32,
+        n_test_good=10,
+        n_test_per_defect=4,
     )
     return root
 

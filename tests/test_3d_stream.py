@@ -9,7 +9,7 @@ import pytest
 from clad.benchmarks.stream import build_tasks
 from clad.benchmarks.synthetic3d import SYNTHETIC_3D_CATEGORIES
 from clad.config import load_config, validate_config
-from clad.registry import ConfigError
+from clad.errors import ConfigError
 
 SMALL = {"image_size": 32, "n_train": 6, "n_test_good": 2, "n_test_per_defect": 1}
 
@@ -17,8 +17,13 @@ SMALL = {"image_size": 32, "n_train": 6, "n_test_good": 2, "n_test_per_defect": 
 def config(tmp_path, **dataset) -> dict:
     return {
         "run_name": "three_d",
-        "dataset": {"name": "synthetic3d", "root": str(tmp_path / "s3d"), "image_size": 32,
-                    "synthetic": SMALL, **dataset},
+        "dataset": {
+            "name": "synthetic3d",
+            "root": str(tmp_path / "s3d"),
+            "image_size": 32,
+            "synthetic": SMALL,
+            **dataset,
+        },
         "detector": {"name": "conv_ae"},
         "strategy": {"name": "naive"},
         "training": {"epochs": 1, "batch_size": 4, "device": "cpu"},
@@ -91,8 +96,13 @@ def test_depth_inputs_are_drawn_as_a_grey_height_map():
 
 
 def test_clad_format_3d_switch_maps_task_order_to_mvtec3d_categories(tmp_path):
-    run = {"architecture": "unet", "use_3D_dataset": True, "mode": "rgb",
-           "task_order": [2, 0], "data_path": "/data/mvtec3d"}
+    run = {
+        "architecture": "unet",
+        "use_3D_dataset": True,
+        "mode": "rgb",
+        "task_order": [2, 0],
+        "data_path": "/data/mvtec3d",
+    }
     path = tmp_path / "train_unet.json"
     path.write_text(json.dumps(run))
     dataset = load_config(path).dataset

@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from clad.benchmarks.anomaly_sources import (
+from clad.errors import DatasetError
+from clad.models.components.anomaly_sources import (
     FolderTextures,
     PenaltyImages,
     ProceduralTextures,
     augment_texture,
     texture_source,
 )
-from clad.benchmarks.mvtec import DatasetError
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -34,8 +34,9 @@ def write_image(path, size=(40, 30), seed=0):
 def dtd_like(tmp_path):
     """DTD's layout: images/<class>/<class>_NNNN.jpg, plus files that are not images."""
     root = tmp_path / "dtd" / "images"
-    for i, name in enumerate(["banded/banded_0001.jpg", "banded/banded_0002.jpg",
-                              "cracked/cracked_0001.png"]):
+    for i, name in enumerate(
+        ["banded/banded_0001.jpg", "banded/banded_0002.jpg", "cracked/cracked_0001.png"]
+    ):
         write_image(root / name, seed=i)
     (root / "banded" / "notes.txt").write_text("not an image")
     write_image(root / ".hidden" / "x.png", seed=9)
@@ -72,7 +73,7 @@ def test_folder_without_images_fails(tmp_path):
 
 
 def test_procedural_fallback_is_logged_and_seeded(caplog):
-    with caplog.at_level(logging.INFO, logger="clad.benchmarks.anomaly_sources"):
+    with caplog.at_level(logging.INFO, logger="clad.models.components.anomaly_sources"):
         source = texture_source(None)
     assert isinstance(source, ProceduralTextures)
     assert "procedural" in caplog.text

@@ -153,8 +153,8 @@ def test_foreground_mask_restricts_loss_and_map(mode):
     empty[:, -1] = 0.0  # no foreground: nothing counts in either loss
     for phase in ("teacher", "student"):
         detector.phase = phase
-        assert detector.training_loss(empty).item() == 0.0
-        assert detector.training_loss(x).item() != 0.0
+        assert detector.loss(empty)["loss"].item() == 0.0
+        assert detector.loss(x)["loss"].item() != 0.0
     detector.phase = "teacher"
     assert torch.count_nonzero(detector.predict(empty).pixel) == 0
 
@@ -222,8 +222,13 @@ QUALITY = {
 @pytest.fixture(scope="module")
 def synthetic_3d(tmp_path_factory):
     return generate_dataset_3d(
-        tmp_path_factory.mktemp("ast_quality"), seed=0, categories=["dome", "bar"],
-        image_size=64, n_train=20, n_test_good=10, n_test_per_defect=4,
+        tmp_path_factory.mktemp("ast_quality"),
+        seed=0,
+        categories=["dome", "bar"],
+        image_size=64,
+        n_train=20,
+        n_test_good=10,
+        n_test_per_defect=4,
     )
 
 
@@ -240,8 +245,16 @@ def test_ast_separates_synthetic_3d_defects(synthetic_3d, mode):
     train_samples, _, test_samples = read_category_3d(synthetic_3d, category)
     train = RGBDDataset(train_samples, 64, mode)
     test = RGBDDataset(test_samples, 64, mode)
-    settings = {"input_mode": mode, "weights": "imagenet", "student_hidden": 64, "lr": 1e-3,
-                "batch_size": 4, "epochs": 20, "patience": 0, "device": "cpu"}
+    settings = {
+        "input_mode": mode,
+        "weights": "imagenet",
+        "student_hidden": 64,
+        "lr": 1e-3,
+        "batch_size": 4,
+        "epochs": 20,
+        "patience": 0,
+        "device": "cpu",
+    }
     torch.manual_seed(0)
     untrained = AST(**settings)
     untrained.network.eval()

@@ -71,8 +71,18 @@ def test_evaluate_audio_scores_with_domains_by_hand():
     labels = [0, 0, 0, 0, 1, 1] + [0, 0, 1, 1]
     scores = [0.1, 0.2, 0.6, 0.7, 0.5, 0.8] + [0.1, 0.2, 0.9, 0.95]
     sections = ["section_00"] * 6 + ["section_01"] * 4
-    domains = ["source", "source", "target", "target", "source", "target",
-               "source", "target", "source", "target"]
+    domains = [
+        "source",
+        "source",
+        "target",
+        "target",
+        "source",
+        "target",
+        "source",
+        "target",
+        "source",
+        "target",
+    ]
     values = evaluate_audio_scores(labels, scores, sections, domains)
     # section_00, all clips: pairs won 0.5 > {0.1, 0.2} and 0.8 > all four -> 6 / 8
     assert values["auc/section_00"] == pytest.approx(6 / 8)
@@ -99,7 +109,14 @@ def test_evaluate_audio_scores_without_domains():
 
 def test_metric_names_and_input_checks():
     assert audio_metric_names(["id_02", "id_00", "id_02"], with_domains=False) == (
-        "auc", "pauc", "hmean", "auc/id_00", "pauc/id_00", "auc/id_02", "pauc/id_02")
+        "auc",
+        "pauc",
+        "hmean",
+        "auc/id_00",
+        "pauc/id_00",
+        "auc/id_02",
+        "pauc/id_02",
+    )
     assert "auc_target/section_00" in audio_metric_names(["section_00"], with_domains=True)
     with pytest.raises(ValueError, match="differ in length"):
         evaluate_audio_scores([0, 1], [0.1, 0.2], ["id_00"], [None, None])

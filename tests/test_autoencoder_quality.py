@@ -18,8 +18,15 @@ CATEGORIES = ["stripes", "nut"]
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("quality")
-    generate_dataset(root, seed=0, categories=CATEGORIES, image_size=64, n_train=32,
-                     n_test_good=10, n_test_per_defect=4)
+    generate_dataset(
+        root,
+        seed=0,
+        categories=CATEGORIES,
+        image_size=64,
+        n_train=32,
+        n_test_good=10,
+        n_test_per_defect=4,
+    )
     return root
 
 

@@ -63,9 +63,7 @@ def test_soft_boundary_loss_formula():
     dist = ((phi[..., None, :] - detector.memory) ** 2).sum(-1).sort(dim=-1).values
     attract = F.relu(dist[..., :2] - 9.0).mean()
     repel = F.relu(9.0 - dist[..., 2:4] - 0.5).mean()
-    torch.testing.assert_close(
-        detector.training_loss(x), (attract + repel) / 0.1, rtol=1e-4, atol=1e-3
-    )
+    torch.testing.assert_close(detector.loss(x), (attract + repel) / 0.1, rtol=1e-4, atol=1e-3)
 
 
 def test_every_fit_rebuilds_the_memory_from_its_data_and_keeps_training():

@@ -9,8 +9,8 @@ from torch.utils.data import ConcatDataset, TensorDataset
 from clad.models.components.gaussian import gaussian
 from clad.models.padim import Padim
 from clad.models.patchcore import PatchCore
+from clad.records import Task
 from clad.strategies.memory_bank import ContinualMemoryBank
-from clad.types import Task
 from tests.fakes import RecordingDetector
 
 SIZE = 32

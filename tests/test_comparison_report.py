@@ -28,8 +28,9 @@ from clad.tracking.comparison import (
 TASKS = ["stripes", "disc", "nut"]
 
 
-def write_run(folder: Path, detector: str, strategy: str, seed: int, level: float,
-              completed: int = 3) -> dict:
+def write_run(
+    folder: Path, detector: str, strategy: str, seed: int, level: float, completed: int = 3
+) -> dict:
     """A metrics.json whose image AUROC matrix is ``level`` on the diagonal, decaying below it
     (so forgetting is positive), with every other metric a shifted copy."""
     n = len(TASKS)
@@ -40,17 +41,26 @@ def write_run(folder: Path, detector: str, strategy: str, seed: int, level: floa
     matrices = {m: np.clip(base - 0.01 * i, 0, 1) for i, m in enumerate(TASK_METRICS)}
     summary = summarize(matrices, upto=completed - 1)
     record = {
-        "run_name": f"{detector}_{strategy}", "seed": seed, "detector": detector,
-        "strategy": strategy, "tasks": TASKS, "completed_tasks": completed,
-        "matrices": {m: [[None if math.isnan(v) else v for v in row] for row in mat.tolist()]
-                     for m, mat in matrices.items()},
+        "run_name": f"{detector}_{strategy}",
+        "seed": seed,
+        "detector": detector,
+        "strategy": strategy,
+        "tasks": TASKS,
+        "completed_tasks": completed,
+        "matrices": {
+            m: [[None if math.isnan(v) else v for v in row] for row in mat.tolist()]
+            for m, mat in matrices.items()
+        },
         "summary": {k: None if math.isnan(v) else v for k, v in summary.items()},
-        "costs": {"train_seconds": [10.0 + seed] * completed,
-                  "infer_images_per_s": [100.0] * completed, "detector_mb": [5.0] * completed,
-                  "memory_mb": [0.5 if strategy != "naive" else 0.0] * completed,
-                  "peak_memory_mb": [900.0 + seed] * completed,
-                  "total_train_seconds": (10.0 + seed) * completed,
-                  "wall_seconds_this_session": 1.0},
+        "costs": {
+            "train_seconds": [10.0 + seed] * completed,
+            "infer_images_per_s": [100.0] * completed,
+            "detector_mb": [5.0] * completed,
+            "memory_mb": [0.5 if strategy != "naive" else 0.0] * completed,
+            "peak_memory_mb": [900.0 + seed] * completed,
+            "total_train_seconds": (10.0 + seed) * completed,
+            "wall_seconds_this_session": 1.0,
+        },
         "thresholds": {"image": [0.1] * completed, "pixel": [0.1] * completed},
     }
     run_dir = folder / f"{detector}_{strategy}" / f"seed_{seed}"
@@ -76,23 +86,46 @@ def sweep_folder(tmp_path) -> Path:
     for (detector, strategy), levels in LEVELS.items():
         for seed, level in enumerate(levels):
             write_run(folder, detector, strategy, seed, level)
-            cells.append({"run_name": f"{detector}_{strategy}", "seed": seed,
-                          "detector": detector, "strategy": strategy,
-                          "axes": {"detector.name": detector, "strategy.name": strategy,
-                                   "seed": seed}, "error": None})
+            cells.append(
+                {
+                    "run_name": f"{detector}_{strategy}",
+                    "seed": seed,
+                    "detector": detector,
+                    "strategy": strategy,
+                    "axes": {"detector.name": detector, "strategy.name": strategy, "seed": seed},
+                    "error": None,
+                }
+            )
     write_run(folder, "conv_ae", "naive", 0, 0.7)
     write_run(folder, "conv_ae", "naive", 1, 0.7, completed=1)
     (folder / "conv_ae_naive" / "seed_1" / "error.txt").write_text(
         "# conv_ae_naive/seed_1 failed\nTraceback (most recent call last):\n  x\n"
-        "RuntimeError: CUDA out of memory\n")
+        "RuntimeError: CUDA out of memory\n"
+    )
     for seed in range(3):
-        cells.append({"run_name": "conv_ae_naive", "seed": seed, "detector": "conv_ae",
-                      "strategy": "naive", "axes": {"seed": seed}, "error": None})
-        cells.append({"run_name": "conv_ae_replay", "seed": seed, "detector": "conv_ae",
-                      "strategy": "replay", "axes": {"seed": seed},
-                      "error": "strategy.mem_size: Input should be greater than or equal to 1"})
-    (folder / "sweep.json").write_text(json.dumps({"name": "clad_like", "cells": cells,
-                                                   "spec": {"description": "A test sweep."}}))
+        cells.append(
+            {
+                "run_name": "conv_ae_naive",
+                "seed": seed,
+                "detector": "conv_ae",
+                "strategy": "naive",
+                "axes": {"seed": seed},
+                "error": None,
+            }
+        )
+        cells.append(
+            {
+                "run_name": "conv_ae_replay",
+                "seed": seed,
+                "detector": "conv_ae",
+                "strategy": "replay",
+                "axes": {"seed": seed},
+                "error": "strategy.mem_size: Input should be greater than or equal to 1",
+            }
+        )
+    (folder / "sweep.json").write_text(
+        json.dumps({"name": "clad_like", "cells": cells, "spec": {"description": "A test sweep."}})
+    )
     return folder
 
 
@@ -101,36 +134,56 @@ def read_csv(path: Path) -> dict[str, dict[str, str]]:
 
 
 def records_of(folder: Path, run_name: str, seeds) -> list[dict]:
-    return [json.loads((folder / run_name / f"seed_{s}" / "metrics.json").read_text())
-            for s in seeds]
+    return [
+        json.loads((folder / run_name / f"seed_{s}" / "metrics.json").read_text()) for s in seeds
+    ]
 
 
 def test_table_values_equal_the_runs_metrics(sweep_folder):
     paths = write_comparison_report(sweep_folder)
     rows = read_csv(paths["csv"])
-    assert list(rows) == ["patchcore_cl", "patchcore_replay", "patchcore_multi_task",
-                          "conv_ae_naive", "conv_ae_replay"]
+    assert list(rows) == [
+        "patchcore_cl",
+        "patchcore_replay",
+        "patchcore_multi_task",
+        "conv_ae_naive",
+        "conv_ae_replay",
+    ]
     for run_name in ("patchcore_cl", "patchcore_replay", "patchcore_multi_task"):
         records = records_of(sweep_folder, run_name, range(3))
-        for key in ("final_avg/image_auroc", "final_avg/pixel_auroc", "final_avg/pixel_aupro",
-                    "final_avg/pixel_f1_val", "forgetting/image_auroc", "bwt/image_auroc"):
+        for key in (
+            "final_avg/image_auroc",
+            "final_avg/pixel_auroc",
+            "final_avg/pixel_aupro",
+            "final_avg/pixel_f1_val",
+            "forgetting/image_auroc",
+            "bwt/image_auroc",
+        ):
             values = [r["summary"][key] for r in records]
             assert float(rows[run_name][f"{key}:mean"]) == pytest.approx(np.mean(values))
             assert float(rows[run_name][f"{key}:std"]) == pytest.approx(np.std(values, ddof=1))
         times = [r["costs"]["total_train_seconds"] for r in records]
         assert float(rows[run_name]["cost/total_train_seconds:mean"]) == pytest.approx(
-            np.mean(times))
+            np.mean(times)
+        )
         assert rows[run_name]["seeds_finished"] == "3"
     # best per detector among continual strategies: cl (0.947) beats replay; multi_task unranked
     assert [r for r in rows if rows[r]["best"] == "1"] == ["patchcore_cl", "conv_ae_naive"]
-    cl = [r["summary"]["final_avg/image_auroc"] for r in records_of(sweep_folder,
-                                                                    "patchcore_cl", range(3))]
-    joint = [r["summary"]["final_avg/image_auroc"]
-             for r in records_of(sweep_folder, "patchcore_multi_task", range(3))]
+    cl = [
+        r["summary"]["final_avg/image_auroc"]
+        for r in records_of(sweep_folder, "patchcore_cl", range(3))
+    ]
+    joint = [
+        r["summary"]["final_avg/image_auroc"]
+        for r in records_of(sweep_folder, "patchcore_multi_task", range(3))
+    ]
     assert float(rows["patchcore_cl"]["gap_to_joint/image_auroc"]) == pytest.approx(
-        np.mean(cl) - np.mean(joint))
-    assert float(rows["patchcore_cl"]["clad_image_auroc"]) == CLAD_PUBLISHED[
-        ("patchcore", "cl")]["image_auroc"]
+        np.mean(cl) - np.mean(joint)
+    )
+    assert (
+        float(rows["patchcore_cl"]["clad_image_auroc"])
+        == CLAD_PUBLISHED[("patchcore", "cl")]["image_auroc"]
+    )
     assert rows["patchcore_replay"]["clad_image_auroc"] == ""
     # incomplete rows are kept, with what happened to each seed
     assert rows["conv_ae_naive"]["seeds_finished"] == "1"
@@ -152,12 +205,18 @@ def test_markdown_and_html_show_the_table_marks_and_missing_runs(sweep_folder):
     assert "conv_ae_naive/seed_2: pending" in md
     assert "conv_ae_replay/seed_0: invalid (strategy.mem_size" in md
     plots = sorted(p.name for p in (sweep_folder / "report_plots").glob("*.png"))
-    assert plots == ["cost_quality.png", "curves_conv_ae.png", "curves_patchcore.png",
-                     "forgetting.png", "heatmap_conv_ae.png", "heatmap_patchcore.png"]
+    assert plots == [
+        "cost_quality.png",
+        "curves_conv_ae.png",
+        "curves_patchcore.png",
+        "forgetting.png",
+        "heatmap_conv_ae.png",
+        "heatmap_patchcore.png",
+    ]
     page = paths["html"].read_text()
-    assert page.count("src=\"data:image/png;base64,") == len(plots)
+    assert page.count('src="data:image/png;base64,') == len(plots)
     assert not re.search(r"(src|href)=\"(?!data:)", page), "the page must not load files"
-    assert "<tr class=\"best\">" in page and "CUDA out of memory" in page
+    assert '<tr class="best">' in page and "CUDA out of memory" in page
 
 
 def test_paired_bootstrap_interval():
@@ -176,14 +235,19 @@ def test_pairs_compare_strategies_of_one_detector_seed_by_seed(sweep_folder):
     _, rows = load_rows(sweep_folder)
     pairs = strategy_pairs(rows)
     assert {(p.detector, p.a, p.b) for p in pairs} == {
-        ("patchcore", "cl", "replay"), ("patchcore", "cl", "multi_task"),
-        ("patchcore", "replay", "multi_task")}
-    pair = next(p for p in pairs if (p.a, p.b, p.metric) == ("cl", "replay",
-                                                              "final_avg/image_auroc"))
+        ("patchcore", "cl", "replay"),
+        ("patchcore", "cl", "multi_task"),
+        ("patchcore", "replay", "multi_task"),
+    }
+    pair = next(
+        p for p in pairs if (p.a, p.b, p.metric) == ("cl", "replay", "final_avg/image_auroc")
+    )
     cl = records_of(sweep_folder, "patchcore_cl", range(3))
     replay = records_of(sweep_folder, "patchcore_replay", range(3))
-    diffs = [a["summary"]["final_avg/image_auroc"] - b["summary"]["final_avg/image_auroc"]
-             for a, b in zip(cl, replay)]
+    diffs = [
+        a["summary"]["final_avg/image_auroc"] - b["summary"]["final_avg/image_auroc"]
+        for a, b in zip(cl, replay)
+    ]
     assert pair.seeds == [0, 1, 2] and pair.mean == pytest.approx(np.mean(diffs))
     assert pair.significant  # cl is ahead on every seed
     md = (write_comparison_report(sweep_folder)["md"]).read_text()
@@ -202,6 +266,10 @@ def test_report_command_takes_a_sweep_or_a_run_folder(sweep_folder, capsys):
     (sweep_folder / "sweep.json").unlink()  # without the manifest, the folders are the list
     assert is_sweep_folder(sweep_folder)
     _, rows = load_rows(sweep_folder)
-    assert [r.run_name for r in rows] == ["conv_ae_naive", "patchcore_cl",
-                                          "patchcore_multi_task", "patchcore_replay"]
+    assert [r.run_name for r in rows] == [
+        "conv_ae_naive",
+        "patchcore_cl",
+        "patchcore_multi_task",
+        "patchcore_replay",
+    ]
     assert main(["report", str(sweep_folder / "nothing_here")]) == 2

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from clad.config import apply_overrides, detector_kwargs, load_config, parse_value
-from clad.registry import ConfigError
+from clad.errors import ConfigError
 
 BASE = {
     "run_name": "t",
@@ -35,17 +35,25 @@ def test_valid_config_loads_with_defaults(tmp_path):
     [
         (lambda c: c.update(extra=1), r"run\.json:\nextra: unknown key"),
         (lambda c: c["training"].update(epochs="many"), r"training\.epochs: .*integer.*'many'"),
-        (lambda c: c["training"].update(epoch=3),
-         r"training\.epoch: unknown key .*allowed keys: epochs"),
+        (
+            lambda c: c["training"].update(epoch=3),
+            r"training\.epoch: unknown key .*allowed keys: epochs",
+        ),
         (lambda c: c["detector"].update(name="nope"), r"unknown detector 'nope'; known: .*unet_ae"),
         (lambda c: c["strategy"].update(name="ewc?"), r"unknown strategy 'ewc\?'; known: .*replay"),
-        (lambda c: c["detector"].update(skip_level=1),
-         r"detector\.skip_level: unknown key .*skip_levels"),
-        (lambda c: c["detector"].update(anomaly_map="l3"),
-         r"detector\.anomaly_map: .*'l1' or 'ssim'"),
+        (
+            lambda c: c["detector"].update(skip_level=1),
+            r"detector\.skip_level: unknown key .*skip_levels",
+        ),
+        (
+            lambda c: c["detector"].update(anomaly_map="l3"),
+            r"detector\.anomaly_map: .*'l1' or 'ssim'",
+        ),
         (lambda c: c["strategy"].update(mem_size="x"), r"strategy\.mem_size: .*integer"),
-        (lambda c: c["detector"].update(epochs=3),
-         r"detector\.epochs: set it in the training block"),
+        (
+            lambda c: c["detector"].update(epochs=3),
+            r"detector\.epochs: set it in the training block",
+        ),
         (lambda c: c["dataset"].update(categories=[]), r"dataset\.categories: .*at least one"),
         (lambda c: c.pop("detector"), r"\ndetector: required but missing"),
     ],

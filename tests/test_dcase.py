@@ -20,12 +20,11 @@ from clad.benchmarks.audio_features import (
     mel_to_hz,
     read_wav,
 )
-from clad.benchmarks.dcase import clip_groups, parse_clip_name, read_machine
-from clad.benchmarks.mvtec import DatasetError
+from clad.benchmarks.dcase import parse_clip_name, read_machine
 from clad.benchmarks.stream import build_tasks
 from clad.benchmarks.synthetic_audio import generate_dataset
 from clad.config import DatasetConfig
-from clad.registry import ConfigError
+from clad.errors import ConfigError, DatasetError
 
 TINY = dict(sections=2, n_train=4, n_train_target=2, n_test=2, duration_s=0.5)
 PARAMS = LogMelParams(n_fft=512, hop_length=256, n_mels=32, frames=32)
@@ -47,15 +46,29 @@ def tree2022(tmp_path_factory):
 
 def test_file_names_parse():
     assert parse_clip_name("anomaly_id_04_00000123.wav", "dcase2020") == {
-        "label": "anomaly", "section": "id_04", "domain": None, "split": None, "index": "00000123"}
+        "label": "anomaly",
+        "section": "id_04",
+        "domain": None,
+        "split": None,
+        "index": "00000123",
+    }
     fields = parse_clip_name("section_02_target_test_normal_0042_vel_8_loc_A.wav", "dcase2022")
-    assert fields == {"label": "normal", "section": "section_02", "domain": "target",
-                      "split": "test", "index": "0042"}
-    assert parse_clip_name("section_00_source_train_normal_0000.wav", "dcase2022")["domain"] == \
-        "source"
-    for name, layout in [("id_05_00000000.wav", "dcase2020"),  # evaluation set: no label
-                         ("section_03_0000.wav", "dcase2022"),
-                         ("normal_id_00_00000000.wav", "dcase2022")]:
+    assert fields == {
+        "label": "normal",
+        "section": "section_02",
+        "domain": "target",
+        "split": "test",
+        "index": "0042",
+    }
+    assert (
+        parse_clip_name("section_00_source_train_normal_0000.wav", "dcase2022")["domain"]
+        == "source"
+    )
+    for name, layout in [
+        ("id_05_00000000.wav", "dcase2020"),  # evaluation set: no label
+        ("section_03_0000.wav", "dcase2022"),
+        ("normal_id_00_00000000.wav", "dcase2022"),
+    ]:
         with pytest.raises(DatasetError, match="naming pattern"):
             parse_clip_name(name, layout)
 
@@ -66,7 +79,12 @@ def test_dcase2020_reader(tree2020):
     first = test[0]
     assert first.path.name == "anomaly_id_00_00000000.wav"
     assert (first.category, first.section, first.domain, first.label, first.defect) == (
-        "fan", "id_00", None, 1, "anomaly")
+        "fan",
+        "id_00",
+        None,
+        1,
+        "anomaly",
+    )
     assert not first.has_masks and first.mask_path is None
     assert [s.section for s in train] == ["id_00"] * 4 + ["id_02"] * 4
     # a root that is the dev_data folder itself works too
@@ -80,10 +98,17 @@ def test_dcase2022_reader(tree2022):
     assert sum(s.domain == "target" for s in train) == 4
     clip = next(s for s in test if s.path.name.startswith("section_01_target_test_anomaly"))
     assert (clip.section, clip.domain, clip.label, clip.category) == (
-        "section_01", "target", 1, "gearbox")
+        "section_01",
+        "target",
+        1,
+        "gearbox",
+    )
     assert {(s.section, s.domain, s.label) for s in test} == {
-        (sec, dom, lab) for sec in ("section_00", "section_01") for dom in ("source", "target")
-        for lab in (0, 1)}
+        (sec, dom, lab)
+        for sec in ("section_00", "section_01")
+        for dom in ("source", "target")
+        for lab in (0, 1)
+    }
 
 
 def test_reader_errors_name_the_problem(tree2022, tmp_path):
@@ -134,8 +159,9 @@ def test_log_mel_shapes_and_a_tone_in_the_right_band(tmp_path):
     assert spec.shape == (32, 32) and spec.dtype == np.float32
     # 0.5 s at hop 256 gives 1 + 8000 // 256 = 32 frames; the loudest band holds 1 kHz
     band = int(np.argmax(spec[:, 5:25].mean(axis=1)))
-    points = mel_to_hz(np.linspace(0.0, float(np.asarray(
-        audio_features.hz_to_mel(sr / 2))), 32 + 2))
+    points = mel_to_hz(
+        np.linspace(0.0, float(np.asarray(audio_features.hz_to_mel(sr / 2))), 32 + 2)
+    )
     assert points[band] < 1000.0 < points[band + 2]
     assert spec.max() - spec.min() <= 80.0 + 1e-3  # top_db floor
     longer = log_mel(wave, LogMelParams(n_fft=512, hop_length=256, n_mels=32, frames=40))
@@ -177,9 +203,17 @@ def test_feature_cache_reused_and_keyed(tree2020, tmp_path, monkeypatch):
 
 def test_audio_stream(tree2022, tmp_path):
     config = DatasetConfig(
-        name="dcase2022", root=str(tree2022), categories=["bearing", "gearbox"], val_fraction=0.2,
-        audio={"n_fft": 512, "hop_length": 256, "n_mels": 32, "frames": 32,
-               "cache_dir": str(tmp_path / "cache")},
+        name="dcase2022",
+        root=str(tree2022),
+        categories=["bearing", "gearbox"],
+        val_fraction=0.2,
+        audio={
+            "n_fft": 512,
+            "hop_length": 256,
+            "n_mels": 32,
+            "frames": 32,
+            "cache_dir": str(tmp_path / "cache"),
+        },
     )
     tasks = build_tasks(config, seed=0)
     assert [t.name for t in tasks] == ["bearing", "gearbox"]
@@ -190,24 +224,34 @@ def test_audio_stream(tree2022, tmp_path):
     assert image.shape == (3, 32, 32) and mask.shape == (1, 32, 32)
     assert torch.equal(image[0], image[2]) and float(mask.abs().sum()) == 0
     assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
-    sections, domains = clip_groups(task.test)
+    sections, domains = task.test_sections, task.test_domains
     assert len(sections) == len(task.test) == 16
     assert set(sections) == {"section_00", "section_01"} and set(domains) == {"source", "target"}
     # the dB range comes from the first task's training clips: they span [0, 1] exactly
-    first = torch.stack([tasks[0].train[i][0][0] for i in range(len(tasks[0].train))] +
-                        [tasks[0].val[i][0][0] for i in range(len(tasks[0].val))])
+    first = torch.stack(
+        [tasks[0].train[i][0][0] for i in range(len(tasks[0].train))]
+        + [tasks[0].val[i][0][0] for i in range(len(tasks[0].val))]
+    )
     assert math.isclose(float(first.min()), 0.0, abs_tol=1e-6)
     assert math.isclose(float(first.max()), 1.0, abs_tol=1e-6)
 
 
 def test_dcase2020_stream_has_no_domains(tree2020, tmp_path):
     config = DatasetConfig(
-        name="dcase2020", root=str(tree2020), categories=["pump"],
-        audio={"n_fft": 512, "hop_length": 256, "n_mels": 32, "frames": 32,
-               "db_range": [-90.0, 10.0], "cache_dir": str(tmp_path)},
+        name="dcase2020",
+        root=str(tree2020),
+        categories=["pump"],
+        audio={
+            "n_fft": 512,
+            "hop_length": 256,
+            "n_mels": 32,
+            "frames": 32,
+            "db_range": [-90.0, 10.0],
+            "cache_dir": str(tmp_path),
+        },
     )
     (task,) = build_tasks(config, seed=0)
-    sections, domains = clip_groups(task.test)
+    sections, domains = task.test_sections, task.test_domains
     assert set(sections) == {"id_00", "id_02"} and set(domains) == {None}
 
 

@@ -11,16 +11,16 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from clad.benchmarks.anomaly_sources import FolderTextures, ProceduralTextures
-from clad.benchmarks.mvtec import DatasetError
-from clad.models.draem import (
-    DRAEM,
+from clad.errors import DatasetError
+from clad.models.components.anomaly_sources import FolderTextures, ProceduralTextures
+from clad.models.components.draem import (
     DiscriminativeSubNetwork,
     DraemNetwork,
     ReconstructiveSubNetwork,
     focal_loss,
     synthesize_anomalies,
 )
+from clad.models.draem import DRAEM
 
 SIZE = 32
 # The quality test's settings: the small networks (16 / 8 base widths), 80 epochs at 64 px, the
@@ -28,11 +28,25 @@ SIZE = 32
 # ``stripes``, CPU, about 5 min): image AUROC 1.000, pixel AUROC 0.996; with 30 epochs only
 # 0.71 / 0.84 (and ``nut`` at 80 epochs: 0.925 / 0.961). The floors leave margin for other
 # platforms but fail an untrained or broken model.
-QUALITY = {"recon_width": 16, "disc_width": 8, "score_window": 7, "epochs": 80, "batch_size": 8,
-           "lr": 1e-3, "patience": 0, "device": "cpu"}
+QUALITY = {
+    "recon_width": 16,
+    "disc_width": 8,
+    "score_window": 7,
+    "epochs": 80,
+    "batch_size": 8,
+    "lr": 1e-3,
+    "patience": 0,
+    "device": "cpu",
+}
 QUALITY_FLOOR = (0.9, 0.95)
-TINY = {"recon_width": 4, "disc_width": 4, "score_window": 7, "epochs": 2, "batch_size": 4,
-        "device": "cpu"}
+TINY = {
+    "recon_width": 4,
+    "disc_width": 4,
+    "score_window": 7,
+    "epochs": 2,
+    "batch_size": 4,
+    "device": "cpu",
+}
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -88,7 +102,7 @@ def test_focal_loss_matches_its_formula():
     logits = torch.randn(2, 2, 4, 4, generator=gen(0))
     target = (torch.rand(2, 1, 4, 4, generator=gen(1)) > 0.5).float()
     p = logits.softmax(dim=1).gather(1, target.long())
-    expected = (-(1 - p) ** 2 * p.log()).mean()
+    expected = (-((1 - p) ** 2) * p.log()).mean()
     torch.testing.assert_close(focal_loss(logits, target), expected)
     confident = torch.stack([-20 * (2 * target[:, 0] - 1), 20 * (2 * target[:, 0] - 1)], dim=1)
     assert focal_loss(confident, target) < 1e-8
@@ -98,11 +112,11 @@ def test_validation_anomalies_are_fixed_across_epochs():
     torch.manual_seed(0)
     detector = DRAEM(**TINY)
     val = images(6, seed=1)
-    first = detector._mean_loss(val)
+    first = detector.mean_loss(val)
     torch.rand(10)  # the global RNG moves on; the validation anomalies must not
-    assert detector._mean_loss(val) == first
+    assert detector.mean_loss(val) == first
     detector.val_seed = 1
-    assert detector._mean_loss(val) != first
+    assert detector.mean_loss(val) != first
 
 
 def test_learning_rate_drops_at_the_milestones():
@@ -129,7 +143,7 @@ def test_missing_anomaly_source_names_the_path(tmp_path):
 
 
 def test_procedural_source_is_logged(caplog):
-    with caplog.at_level(logging.INFO, logger="clad.benchmarks.anomaly_sources"):
+    with caplog.at_level(logging.INFO, logger="clad.models.components.anomaly_sources"):
         detector = DRAEM(**TINY)
     assert isinstance(detector.source, ProceduralTextures)
     assert "procedural" in caplog.text
@@ -157,14 +171,22 @@ def test_draem_separates_synthetic_defects(tmp_path):
     from clad.benchmarks.synthetic import generate_dataset
     from clad.metrics import image_auroc, pixel_auroc
 
-    generate_dataset(tmp_path, seed=0, categories=["stripes"], image_size=64, n_train=32,
-                     n_test_good=10, n_test_per_defect=4)
+    generate_dataset(
+        tmp_path,
+        seed=0,
+        categories=["stripes"],
+        image_size=64,
+        n_train=32,
+        n_test_good=10,
+        n_test_per_defect=4,
+    )
     train, test = read_category(tmp_path, "stripes")
     data = ImageDataset(train, 64)
     torch.manual_seed(0)
     detector = DRAEM(**QUALITY)
-    detector.fit(torch.utils.data.Subset(data, range(28)),
-                 torch.utils.data.Subset(data, range(28, 32)))
+    detector.fit(
+        torch.utils.data.Subset(data, range(28)), torch.utils.data.Subset(data, range(28, 32))
+    )
     x, masks, labels = zip(*ImageDataset(test, 64))
     scores = detector.predict(torch.stack(x))
     image = image_auroc(np.array(labels), scores.image.numpy())

@@ -21,8 +21,15 @@ from clad.models.efficientad import (
 )
 
 SIZE = 32
-TINY = {"pdn_width": 8, "out_channels": 16, "weights": "none", "distill_steps": 2,
-        "epochs": 2, "batch_size": 4, "device": "cpu"}
+TINY = {
+    "pdn_width": 8,
+    "out_channels": 16,
+    "weights": "none",
+    "distill_steps": 2,
+    "epochs": 2,
+    "batch_size": 4,
+    "device": "cpu",
+}
 
 
 def images(n: int, seed: int = 0, size: int = SIZE) -> TensorDataset:
@@ -169,15 +176,31 @@ def test_efficientad_separates_synthetic_defects(tmp_path):
     from clad.benchmarks.synthetic import generate_dataset
     from clad.metrics import image_auroc, pixel_auroc
 
-    generate_dataset(tmp_path, seed=0, categories=["nut"], image_size=64, n_train=32,
-                     n_test_good=10, n_test_per_defect=4)
+    generate_dataset(
+        tmp_path,
+        seed=0,
+        categories=["nut"],
+        image_size=64,
+        n_train=32,
+        n_test_good=10,
+        n_test_per_defect=4,
+    )
     train, test = read_category(tmp_path, "nut")
     data = ImageDataset(train, 64)
     torch.manual_seed(0)
-    detector = EfficientAD(pdn_width=32, out_channels=64, distill_steps=300, epochs=80,
-                           batch_size=8, lr=1e-3, patience=0, device="cpu")
-    detector.fit(torch.utils.data.Subset(data, range(28)),
-                 torch.utils.data.Subset(data, range(28, 32)))
+    detector = EfficientAD(
+        pdn_width=32,
+        out_channels=64,
+        distill_steps=300,
+        epochs=80,
+        batch_size=8,
+        lr=1e-3,
+        patience=0,
+        device="cpu",
+    )
+    detector.fit(
+        torch.utils.data.Subset(data, range(28)), torch.utils.data.Subset(data, range(28, 32))
+    )
     x, masks, labels = zip(*ImageDataset(test, 64))
     scores = detector.predict(torch.stack(x))
     image = image_auroc(np.array(labels), scores.image.numpy())

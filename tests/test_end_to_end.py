@@ -32,9 +32,20 @@ def matrices(path: Path) -> dict:
 
 def test_main_writes_every_output(tiny_config):
     result = subprocess.run(
-        [sys.executable, "main.py", "--parameters_path", str(tiny_config), "--seed", "0",
-         "--set", "wandb.enabled=true"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "main.py",
+            "--parameters_path",
+            str(tiny_config),
+            "--seed",
+            "0",
+            "--set",
+            "wandb.enabled=true",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "WANDB_MODE": "offline"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -57,18 +68,28 @@ def test_main_writes_every_output(tiny_config):
     csv_lines = (out / "metrics.csv").read_text().splitlines()
     assert csv_lines[0] == "metric,after_task,after_task_name,eval_task,eval_task_name,value"
     assert len(csv_lines) > 8 * 9
-    for name in ("matrix_image_auroc.png", "curves_image_auroc.png", "roc_final.png",
-                 "scores_final.png"):
+    for name in (
+        "matrix_image_auroc.png",
+        "curves_image_auroc.png",
+        "roc_final.png",
+        "scores_final.png",
+    ):
         assert (out / "plots" / name).stat().st_size > 1000
     assert len(list((out / "overlays").glob("*.png"))) == 3
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        "task_0.pt", "task_1.pt", "task_2.pt"]
+        "task_0.pt",
+        "task_1.pt",
+        "task_2.pt",
+    ]
     assert list((out / "wandb").glob("offline-run-*")), "no offline W&B run was written"
     assert "final_avg" in result.stdout and "stripes" in result.stdout
     # a second call without --resume/--overwrite refuses and keeps the results
     again = subprocess.run(
         [sys.executable, "main.py", "--parameters_path", str(tiny_config)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert again.returncode == 2 and "already holds a run" in again.stderr
     assert json.loads((out / "metrics.json").read_text()) == record
@@ -84,8 +105,17 @@ def test_same_seed_same_numbers_and_other_seed_differs(tiny_config, tmp_path):
 
 
 def test_multiple_seeds_then_report(tiny_config, capsys):
-    args = ["--parameters_path", str(tiny_config), "--seed", "0", "1",
-            "--set", "training.epochs=1", "--set", "strategy.name=naive"]
+    args = [
+        "--parameters_path",
+        str(tiny_config),
+        "--seed",
+        "0",
+        "1",
+        "--set",
+        "training.epochs=1",
+        "--set",
+        "strategy.name=naive",
+    ]
     # naive takes no mem_size (the tiny config's replay block has one): fails, naming the field
     assert main(args) == 2
     assert "strategy.mem_size: unknown key" in capsys.readouterr().err
@@ -107,15 +137,36 @@ def test_killed_run_resumes_to_the_same_metrics(tiny_config, tmp_path):
     overrides = ["--set", "training.epochs=6"]
     # the reference: an uninterrupted run in another folder
     reference = tmp_path / "reference"
-    assert main(["--parameters_path", str(tiny_config), "--seed", "0", "--output",
-                 str(reference), *overrides]) == 0
+    assert (
+        main(
+            [
+                "--parameters_path",
+                str(tiny_config),
+                "--seed",
+                "0",
+                "--output",
+                str(reference),
+                *overrides,
+            ]
+        )
+        == 0
+    )
     expected = matrices(reference / "tiny" / "seed_0")
 
     out = run_dir(tiny_config)
     process = subprocess.Popen(
-        [sys.executable, "main.py", "--parameters_path", str(tiny_config), "--seed", "0",
-         *overrides],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "main.py",
+            "--parameters_path",
+            str(tiny_config),
+            "--seed",
+            "0",
+            *overrides,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
     while not (out / "checkpoints" / "task_0.pt").exists():
@@ -126,13 +177,13 @@ def test_killed_run_resumes_to_the_same_metrics(tiny_config, tmp_path):
     process.wait()
     partial = json.loads((out / "metrics.json").read_text())
     assert 1 <= partial["completed_tasks"] < 3, "the kill did not land mid-stream"
-    assert main(["--parameters_path", str(tiny_config), "--seed", "0", "--resume",
-                 *overrides]) == 0
+    assert main(["--parameters_path", str(tiny_config), "--seed", "0", "--resume", *overrides]) == 0
     assert matrices(out) == expected
 
 
-def test_bad_data_gives_a_clear_error_and_keeps_earlier_results(tiny_config, tmp_path,
-                                                                 synthetic_root, capsys):
+def test_bad_data_gives_a_clear_error_and_keeps_earlier_results(
+    tiny_config, tmp_path, synthetic_root, capsys
+):
     assert main(["--parameters_path", str(tiny_config), "--seed", "0"]) == 0
     out = run_dir(tiny_config)
     before = (out / "metrics.json").read_text()
@@ -140,8 +191,17 @@ def test_bad_data_gives_a_clear_error_and_keeps_earlier_results(tiny_config, tmp
     shutil.copytree(synthetic_root, broken)
     victim = sorted((broken / "disc" / "train" / "good").glob("*.png"))[0]
     victim.write_bytes(b"not a png at all")
-    code = main(["--parameters_path", str(tiny_config), "--seed", "0", "--overwrite",
-                 "--set", f"dataset.root={broken}"])
+    code = main(
+        [
+            "--parameters_path",
+            str(tiny_config),
+            "--seed",
+            "0",
+            "--overwrite",
+            "--set",
+            f"dataset.root={broken}",
+        ]
+    )
     assert code == 2
     assert victim.name in capsys.readouterr().err
     assert (out / "metrics.json").read_text() == before
@@ -152,8 +212,10 @@ def test_bad_data_gives_a_clear_error_and_keeps_earlier_results(tiny_config, tmp
     [
         (lambda root: shutil.rmtree(root / "nut"), "nut"),
         (lambda root: next((root / "disc" / "ground_truth").rglob("*.png")).unlink(), "mask"),
-        (lambda root: [p.unlink() for p in (root / "stripes" / "train" / "good").glob("*")],
-         "stripes"),
+        (
+            lambda root: [p.unlink() for p in (root / "stripes" / "train" / "good").glob("*")],
+            "stripes",
+        ),
     ],
     ids=["missing-category", "missing-mask", "empty-category"],
 )
@@ -162,15 +224,35 @@ def test_bad_layouts_are_named(tiny_config, tmp_path, synthetic_root, capsys, br
     shutil.copytree(synthetic_root, broken)
     (broken / ".complete").unlink(missing_ok=True)
     breakage(broken)
-    code = main(["--parameters_path", str(tiny_config), "--seed", "0",
-                 "--set", f"dataset.root={broken}", "--set", "dataset.name=mvtec"])
+    code = main(
+        [
+            "--parameters_path",
+            str(tiny_config),
+            "--seed",
+            "0",
+            "--set",
+            f"dataset.root={broken}",
+            "--set",
+            "dataset.name=mvtec",
+        ]
+    )
     assert code == 2
     assert message in capsys.readouterr().err
 
 
 def test_missing_dataset_root_is_named(tiny_config, tmp_path, capsys):
     missing = tmp_path / "no_such_root"
-    code = main(["--parameters_path", str(tiny_config), "--seed", "0",
-                 "--set", f"dataset.root={missing}", "--set", "dataset.name=mvtec"])
+    code = main(
+        [
+            "--parameters_path",
+            str(tiny_config),
+            "--seed",
+            "0",
+            "--set",
+            f"dataset.root={missing}",
+            "--set",
+            "dataset.name=mvtec",
+        ]
+    )
     assert code == 2
     assert str(missing) in capsys.readouterr().err

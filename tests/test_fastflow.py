@@ -97,7 +97,7 @@ def test_loss_is_the_nll_summed_over_scales():
     zs, log_dets = detector.network(x)
     assert [z.shape[-1] for z in zs] == [8, 4, 2]
     expected = sum(gaussian_nll(z, j).mean() for z, j in zip(zs, log_dets, strict=True))
-    torch.testing.assert_close(detector.training_loss(x), expected)
+    torch.testing.assert_close(detector.loss(x), expected)
 
 
 def test_map_is_the_negated_likelihood_averaged_over_scales():

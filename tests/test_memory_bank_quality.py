@@ -14,6 +14,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+import clad.models  # noqa: F401  (fills the detector table)
 from clad.benchmarks.mvtec import ImageDataset, read_category
 from clad.benchmarks.synthetic import generate_dataset
 from clad.registry import detector_table
@@ -25,8 +26,13 @@ IMAGE_FLOOR, PIXEL_FLOOR = 0.9, 0.88
 @pytest.fixture(scope="module")
 def categories(tmp_path_factory):
     root = generate_dataset(
-        tmp_path_factory.mktemp("mb_quality"), seed=0, categories=["checker", "disc"],
-        image_size=SIZE, n_train=16, n_test_good=6, n_test_per_defect=2,
+        tmp_path_factory.mktemp("mb_quality"),
+        seed=0,
+        categories=["checker", "disc"],
+        image_size=SIZE,
+        n_train=16,
+        n_test_good=6,
+        n_test_per_defect=2,
     )
     data = {}
     for name in ("checker", "disc"):

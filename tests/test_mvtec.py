@@ -20,7 +20,7 @@ from clad.benchmarks.mvtec import (
     read_category,
 )
 from clad.benchmarks.synthetic import defect_kinds, generate_dataset
-from clad.types import Sample
+from clad.records import Sample
 
 REAL_MVTEC = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_ad"
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from clad.benchmarks.mvtec import DatasetError
 from clad.benchmarks.mvtec3d import (
     RGBDDataset,
     background_plane,
@@ -16,13 +15,21 @@ from clad.benchmarks.mvtec3d import (
     xyz_path,
 )
 from clad.benchmarks.synthetic3d import DEFECTS_3D, generate_dataset_3d
+from clad.errors import DatasetError
 
 
 @pytest.fixture(scope="module")
 def root3d(tmp_path_factory):
     root = tmp_path_factory.mktemp("s3d")
-    return generate_dataset_3d(root, seed=0, categories=["puck", "dome"], image_size=48,
-                               n_train=6, n_test_good=3, n_test_per_defect=2)
+    return generate_dataset_3d(
+        root,
+        seed=0,
+        categories=["puck", "dome"],
+        image_size=48,
+        n_train=6,
+        n_test_good=3,
+        n_test_per_defect=2,
+    )
 
 
 def test_fill_gaps_sets_holes_to_the_neighbour_mean():
@@ -90,10 +97,24 @@ def test_geometric_defects_show_in_depth_and_stains_only_in_rgb():
 
 
 def test_generation_is_deterministic(tmp_path):
-    a = generate_dataset_3d(tmp_path / "a", seed=3, categories=["bar"], image_size=32,
-                            n_train=2, n_test_good=1, n_test_per_defect=1)
-    b = generate_dataset_3d(tmp_path / "b", seed=3, categories=["bar"], image_size=32,
-                            n_train=2, n_test_good=1, n_test_per_defect=1)
+    a = generate_dataset_3d(
+        tmp_path / "a",
+        seed=3,
+        categories=["bar"],
+        image_size=32,
+        n_train=2,
+        n_test_good=1,
+        n_test_per_defect=1,
+    )
+    b = generate_dataset_3d(
+        tmp_path / "b",
+        seed=3,
+        categories=["bar"],
+        image_size=32,
+        n_train=2,
+        n_test_good=1,
+        n_test_per_defect=1,
+    )
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)

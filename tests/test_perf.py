@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import json
 
-from clad.perf import main as perf_main
-from clad.perf_train import training_throughput
+from clad.perf.commands import main as perf_main
+from clad.perf.train import training_throughput
 
 
 def test_cl_scaling_keeps_the_bank_within_the_budget_and_lets_it_grow_without(tmp_path):
     out = tmp_path / "rows.json"
-    perf_main([
-        "cl-scaling", "--tasks", "3", "--mem-size-cl", "10", "--image-size", "32",
-        "--n-train", "4", "--backbone", "resnet18", "--weights", "none",
-        "--cache-dir", str(tmp_path / "cache"), "--json", str(out),
-    ])
+    perf_main(
+        [
+            "cl-scaling",
+            "--tasks",
+            "3",
+            "--mem-size-cl",
+            "10",
+            "--image-size",
+            "32",
+            "--n-train",
+            "4",
+            "--backbone",
+            "resnet18",
+            "--weights",
+            "none",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(out),
+        ]
+    )
     rows = json.loads(out.read_text())
     budgeted = [r["bank_rows"] for r in rows if r["variant"] == "cl"]
     unbounded = [r["bank_rows"] for r in rows if r["variant"] == "no budget"]
@@ -26,12 +42,20 @@ def test_cl_scaling_keeps_the_bank_within_the_budget_and_lets_it_grow_without(tm
 
 def test_training_throughput_feeds_depth_inputs_to_detectors_that_take_them():
     row = training_throughput(
-        "ast", {"input_mode": "rgb+depth", "weights": "none", "student_hidden": 8,
-                "student_blocks": 1}, image_size=32, n_images=4, epochs=1, batch_size=4,
+        "ast",
+        {"input_mode": "rgb+depth", "weights": "none", "student_hidden": 8, "student_blocks": 1},
+        image_size=32,
+        n_images=4,
+        epochs=1,
+        batch_size=4,
     )
     assert row["detector"] == "ast (rgb+depth)" and row["images_per_s"] > 0
     plain = training_throughput(
-        "conv_ae", {"input_mode": "rgb+depth"}, image_size=32, n_images=4, epochs=1,
+        "conv_ae",
+        {"input_mode": "rgb+depth"},
+        image_size=32,
+        n_images=4,
+        epochs=1,
         batch_size=4,
     )
     assert plain["detector"] == "conv_ae"  # takes RGB only: fed 3 channels, mode ignored

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Subset, TensorDataset
 
-from clad.benchmarks.anomaly_sources import FolderTextures, ProceduralTextures
-from clad.benchmarks.mvtec import DatasetError
+from clad.errors import DatasetError
+from clad.models.components.anomaly_sources import FolderTextures, ProceduralTextures
 from clad.models.rdna import RDNA, PatchDiscriminator, RdnaNetwork, gan_loss
 
 SIZE = 32
@@ -153,11 +153,11 @@ def test_validation_anomalies_are_fixed_across_epochs():
     torch.manual_seed(0)
     detector = RDNA(**TINY)
     val = images(6, seed=1)
-    first = detector._mean_loss(val)
+    first = detector.mean_loss(val)
     torch.rand(10)  # the global RNG moves on; the validation anomalies must not
-    assert detector._mean_loss(val) == first
+    assert detector.mean_loss(val) == first
     detector.val_seed = 1
-    assert detector._mean_loss(val) != first
+    assert detector.mean_loss(val) != first
 
 
 def test_learning_rate_schedule_applies_to_the_networks_only():
@@ -257,7 +257,7 @@ def test_missing_anomaly_source_names_the_path(tmp_path):
 
 
 def test_procedural_source_is_the_default(caplog):
-    with caplog.at_level(logging.INFO, logger="clad.benchmarks.anomaly_sources"):
+    with caplog.at_level(logging.INFO, logger="clad.models.components.anomaly_sources"):
         detector = RDNA(**TINY)
     assert isinstance(detector.source, ProceduralTextures)
     assert "procedural" in caplog.text

@@ -44,7 +44,7 @@ def test_loss_is_the_sum_over_layers_of_mean_distances():
     x = torch.rand(2, 3, 32, 32)
     teacher, student = detector.network(x)
     expected = sum(d.mean() for d in layer_distances(teacher, student))
-    torch.testing.assert_close(detector.training_loss(x), expected)
+    torch.testing.assert_close(detector.loss(x), expected)
 
 
 def test_product_and_sum_fusion_of_layer_maps():

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from clad.cli import main
-from clad.registry import ConfigError
+from clad.errors import ConfigError
 from clad.sweep import (
     CellJob,
     CellResult,
@@ -31,8 +31,12 @@ from clad.sweep import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-GRID = [(detector, strategy, seed) for detector in ("conv_ae", "unet_ae")
-        for strategy in ("naive", "replay") for seed in (0, 1)]
+GRID = [
+    (detector, strategy, seed)
+    for detector in ("conv_ae", "unet_ae")
+    for strategy in ("naive", "replay")
+    for seed in (0, 1)
+]
 THREADS = 1  # CPU threads per run, in the sweeps and in the one-by-one reference alike
 
 
@@ -45,27 +49,41 @@ def write_json(path: Path, data: dict) -> Path:
 def base_config(tmp_path_factory, synthetic_root) -> Path:
     """Tiny run config: 2 synthetic tasks of 32 px, 1 epoch, no plots, no W&B."""
     folder = tmp_path_factory.mktemp("sweep_base")
-    return write_json(folder / "base.json", {
-        "run_name": "base",
-        "dataset": {"name": "synthetic", "root": str(synthetic_root),
-                    "categories": ["stripes", "disc"], "image_size": 32,
-                    "synthetic": {"image_size": 32, "n_train": 12, "n_test_good": 4,
-                                  "n_test_per_defect": 2}},
-        "detector": {"name": "conv_ae"},
-        "strategy": {"name": "naive"},
-        "training": {"epochs": 1, "batch_size": 8, "device": "cpu"},
-        "evaluation": {"overlays_per_task": 0},
-        "output": {"dir": str(folder / "unused"), "plots": False},
-        "wandb": {"enabled": False},
-    })
+    return write_json(
+        folder / "base.json",
+        {
+            "run_name": "base",
+            "dataset": {
+                "name": "synthetic",
+                "root": str(synthetic_root),
+                "categories": ["stripes", "disc"],
+                "image_size": 32,
+                "synthetic": {
+                    "image_size": 32,
+                    "n_train": 12,
+                    "n_test_good": 4,
+                    "n_test_per_defect": 2,
+                },
+            },
+            "detector": {"name": "conv_ae"},
+            "strategy": {"name": "naive"},
+            "training": {"epochs": 1, "batch_size": 8, "device": "cpu"},
+            "evaluation": {"overlays_per_task": 0},
+            "output": {"dir": str(folder / "unused"), "plots": False},
+            "wandb": {"enabled": False},
+        },
+    )
 
 
 def grid_spec(base: Path, name: str = "grid", **extra) -> dict:
     return {
         "name": name,
         "base": str(base),
-        "axes": {"detector.name": ["conv_ae", "unet_ae"], "strategy.name": ["naive", "replay"],
-                 "seed": [0, 1]},
+        "axes": {
+            "detector.name": ["conv_ae", "unet_ae"],
+            "strategy.name": ["naive", "replay"],
+            "seed": [0, 1],
+        },
         "overrides": [{"when": {"strategy.name": "replay"}, "set": {"strategy.mem_size": 4}}],
         **extra,
     }
@@ -91,10 +109,25 @@ def one_by_one(tmp_path_factory, base_config) -> Path:
     torch.set_num_threads(THREADS)
     for detector, strategy, seed in GRID:
         block = {"name": strategy, **({"mem_size": 4} if strategy == "replay" else {})}
-        assert main(["--parameters_path", str(base_config), "--seed", str(seed),
-                     "--output", str(out), "--set", f"run_name={detector}_{strategy}",
-                     "--set", f"detector.name={detector}",
-                     "--set", f"strategy={json.dumps(block)}"]) == 0
+        assert (
+            main(
+                [
+                    "--parameters_path",
+                    str(base_config),
+                    "--seed",
+                    str(seed),
+                    "--output",
+                    str(out),
+                    "--set",
+                    f"run_name={detector}_{strategy}",
+                    "--set",
+                    f"detector.name={detector}",
+                    "--set",
+                    f"strategy={json.dumps(block)}",
+                ]
+            )
+            == 0
+        )
     torch.set_num_threads(threads)
     return out
 
@@ -106,12 +139,12 @@ def test_sweep_file_errors_name_the_file_and_field(tmp_path, base_config):
     path = write_json(tmp_path / "bad.json", {**grid_spec(base_config), "worker": 3})
     with pytest.raises(ConfigError, match=r"bad.json:\nworker: unknown key"):
         load_sweep_spec(path)
-    path = write_json(tmp_path / "bad2.json", {**grid_spec(base_config),
-                                               "overrides": [{"when": {}, "sett": {}}]})
+    path = write_json(
+        tmp_path / "bad2.json", {**grid_spec(base_config), "overrides": [{"when": {}, "sett": {}}]}
+    )
     with pytest.raises(ConfigError, match=r"overrides\.0\.sett: unknown key"):
         load_sweep_spec(path)
-    path = write_json(tmp_path / "bad3.json", {**grid_spec(base_config),
-                                               "axes": {"seed": [0, 0]}})
+    path = write_json(tmp_path / "bad3.json", {**grid_spec(base_config), "axes": {"seed": [0, 0]}})
     with pytest.raises(ConfigError, match="axis 'seed' repeats a value"):
         load_sweep_spec(path)
     path = write_json(tmp_path / "bad4.json", {**grid_spec(base_config), "base": "nowhere.json"})
@@ -121,11 +154,18 @@ def test_sweep_file_errors_name_the_file_and_field(tmp_path, base_config):
 
 
 def test_expansion_names_runs_applies_overrides_and_exclusions(tmp_path, base_config):
-    spec = grid_spec(base_config, axes={"detector.name": ["conv_ae", "unet_ae"],
-                                        "strategy.name": ["naive", "replay"],
-                                        "training.epochs": [1, 2], "seed": [0, 3]})
-    spec["overrides"].append({"when": {"detector.name": "unet_ae", "seed": 3},
-                              "set": {"training.batch_size": 4}})
+    spec = grid_spec(
+        base_config,
+        axes={
+            "detector.name": ["conv_ae", "unet_ae"],
+            "strategy.name": ["naive", "replay"],
+            "training.epochs": [1, 2],
+            "seed": [0, 3],
+        },
+    )
+    spec["overrides"].append(
+        {"when": {"detector.name": "unet_ae", "seed": 3}, "set": {"training.batch_size": 4}}
+    )
     spec["exclude"] = [{"detector.name": "unet_ae", "strategy.name": "naive"}]
     path = write_json(tmp_path / "sweep.json", spec)
     sweep = expand(load_sweep_spec(path), path, ["training.lr=0.01"], str(tmp_path / "out"))
@@ -134,7 +174,9 @@ def test_expansion_names_runs_applies_overrides_and_exclusions(tmp_path, base_co
     cell = by_label["unet_ae_replay_epochs2/seed_3"]
     config = cell.config
     assert config["detector"] == {"name": "unet_ae"} and config["strategy"] == {
-        "name": "replay", "mem_size": 4}
+        "name": "replay",
+        "mem_size": 4,
+    }
     assert config["training"]["epochs"] == 2 and config["training"]["batch_size"] == 4
     assert config["training"]["lr"] == 0.01  # --set applies to every cell
     assert config["wandb"]["group"] == "grid"
@@ -142,7 +184,8 @@ def test_expansion_names_runs_applies_overrides_and_exclusions(tmp_path, base_co
     assert by_label["conv_ae_naive_epochs1/seed_0"].config["training"]["batch_size"] == 8
     assert "unet_ae_naive_epochs1/seed_0" not in by_label
     assert cell.folder(sweep.sweep_dir) == tmp_path / "out" / "grid" / "unet_ae_replay_epochs2" / (
-        "seed_3")
+        "seed_3"
+    )
     # a template names runs; two cells with one name are refused
     spec["run_name"] = "{detector.name}-{strategy.name}"
     path = write_json(tmp_path / "clash.json", spec)
@@ -155,11 +198,15 @@ def test_shipped_sweep_files_validate():
         spec = load_sweep_spec(path)
         sweep = expand(spec, path)
         assert sweep.cells, path
-    small = expand(load_sweep_spec(ROOT / "configurations/sweeps/synthetic_small.json"),
-                   ROOT / "configurations/sweeps/synthetic_small.json")
+    small = expand(
+        load_sweep_spec(ROOT / "configurations/sweeps/synthetic_small.json"),
+        ROOT / "configurations/sweeps/synthetic_small.json",
+    )
     assert all(c.config is not None for c in small.cells)
-    table = expand(load_sweep_spec(ROOT / "configurations/sweeps/clad_table.json"),
-                   ROOT / "configurations/sweeps/clad_table.json")
+    table = expand(
+        load_sweep_spec(ROOT / "configurations/sweeps/clad_table.json"),
+        ROOT / "configurations/sweeps/clad_table.json",
+    )
     assert len(table.cells) == (7 * 4 + 2) * 3
     assert {c.detector for c in table.cells if c.strategy == "cl"} == {"patchcore", "padim"}
 
@@ -183,8 +230,7 @@ def test_small_local_sweep_equals_runs_made_one_by_one(tmp_path, base_config, on
     """The default-suite local check (the full 2 x 2 x 2 grid, killed and resumed, is `slow`):
     two runs at once in spawned workers, each equal to the same run made alone."""
     spec = grid_spec(base_config, name="small", output=str(tmp_path))
-    spec["axes"] = {"detector.name": ["conv_ae"], "strategy.name": ["naive", "replay"],
-                    "seed": [1]}
+    spec["axes"] = {"detector.name": ["conv_ae"], "strategy.name": ["naive", "replay"], "seed": [1]}
     path = write_json(tmp_path / "small.json", spec)
     with contextlib.redirect_stdout(output := io.StringIO()):
         assert main(["sweep", str(path), "--workers", "2"]) == 0
@@ -206,11 +252,21 @@ def killed_sweep(tmp_path_factory, base_config):
     folder = tmp_path_factory.mktemp("sweep")
     sweep_file = write_json(folder / "grid.json", grid_spec(base_config, output=str(folder)))
     sweep_dir = folder / "grid"
-    command = [sys.executable, "main.py", "sweep", str(sweep_file), "--workers", "2",
-               "--threads-per-run", str(THREADS), "--no-report"]
+    command = [
+        sys.executable,
+        "main.py",
+        "sweep",
+        str(sweep_file),
+        "--workers",
+        "2",
+        "--threads-per-run",
+        str(THREADS),
+        "--no-report",
+    ]
     log = open(folder / "first.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.time() + 900
     states = {}
     while time.time() < deadline and process.poll() is None:
@@ -225,15 +281,25 @@ def killed_sweep(tmp_path_factory, base_config):
     log.close()
     time.sleep(0.5)  # let the kernel reap the workers
     before = _states(sweep_dir)
-    snapshot = {label: ((sweep_dir / label / "metrics.json").read_bytes(),
-                        (sweep_dir / label / "log.txt").read_bytes())
-                for label, state in before.items() if state == "finished"}
+    snapshot = {
+        label: (
+            (sweep_dir / label / "metrics.json").read_bytes(),
+            (sweep_dir / label / "log.txt").read_bytes(),
+        )
+        for label, state in before.items()
+        if state == "finished"
+    }
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
-        code = main(["sweep", str(sweep_file), "--workers", "2", "--threads-per-run",
-                     str(THREADS)])
-    return {"dir": sweep_dir, "file": sweep_file, "before": before, "snapshot": snapshot,
-            "code": code, "output": output.getvalue()}
+        code = main(["sweep", str(sweep_file), "--workers", "2", "--threads-per-run", str(THREADS)])
+    return {
+        "dir": sweep_dir,
+        "file": sweep_file,
+        "before": before,
+        "snapshot": snapshot,
+        "code": code,
+        "output": output.getvalue(),
+    }
 
 
 @pytest.mark.slow
@@ -278,8 +344,12 @@ def test_sweep_report_and_single_run_tools(killed_sweep):
     rows = {r["run_name"]: r for r in csv.DictReader((sweep_dir / "report.csv").open())}
     assert set(rows) == {f"{d}_{s}" for d, s, _ in GRID[::2]}
     for run_name, row in rows.items():
-        values = [json.loads((sweep_dir / run_name / f"seed_{s}" / "metrics.json").read_text())
-                  ["summary"]["final_avg/image_auroc"] for s in (0, 1)]
+        values = [
+            json.loads((sweep_dir / run_name / f"seed_{s}" / "metrics.json").read_text())[
+                "summary"
+            ]["final_avg/image_auroc"]
+            for s in (0, 1)
+        ]
         assert float(row["final_avg/image_auroc:mean"]) == pytest.approx(np.mean(values))
         assert float(row["final_avg/image_auroc:std"]) == pytest.approx(np.std(values, ddof=1))
         assert row["seeds_finished"] == "2" and row["seeds_expected"] == "2"
@@ -295,8 +365,20 @@ def test_sweep_report_and_single_run_tools(killed_sweep):
     # a finished run made with another config is left alone and named; keys that do not change
     # the numbers (plots, W&B, the output folder) do not count
     with contextlib.redirect_stdout(output := io.StringIO()):
-        assert main(["sweep", str(killed_sweep["file"]), "--dry-run",
-                     "--set", "training.epochs=2", "--set", "output.plots=true"]) == 0
+        assert (
+            main(
+                [
+                    "sweep",
+                    str(killed_sweep["file"]),
+                    "--dry-run",
+                    "--set",
+                    "training.epochs=2",
+                    "--set",
+                    "output.plots=true",
+                ]
+            )
+            == 0
+        )
     assert "8 changed; 0 to run now" in output.getvalue()
     assert "training.epochs: 1 -> 2" in output.getvalue() and "plots" not in output.getvalue()
 
@@ -311,8 +393,7 @@ def fake_cell(job: CellJob) -> CellResult:
     folder.mkdir(parents=True, exist_ok=True)
     if job.config["strategy"]["name"] == "replay" and not (folder.parent / "allow").exists():
         os.kill(os.getpid(), signal.SIGKILL)
-    record = {"tasks": ["a", "b"], "completed_tasks": 2,
-              "summary": {"final_avg/image_auroc": 0.5}}
+    record = {"tasks": ["a", "b"], "completed_tasks": 2, "summary": {"final_avg/image_auroc": 0.5}}
     (folder / "metrics.json").write_text(json.dumps(record))
     return CellResult(job.label, True, "fake", 0.0)
 
@@ -320,8 +401,9 @@ def fake_cell(job: CellJob) -> CellResult:
 def test_killed_worker_and_bad_override_are_recorded_and_retried(tmp_path, base_config):
     spec = grid_spec(base_config, output=str(tmp_path))
     spec["axes"] = {"strategy.name": ["naive", "replay", "cumulative"], "seed": [0]}
-    spec["overrides"].append({"when": {"strategy.name": "cumulative"},
-                              "set": {"training.epochs": 0}})
+    spec["overrides"].append(
+        {"when": {"strategy.name": "cumulative"}, "set": {"training.epochs": 0}}
+    )
     path = write_json(tmp_path / "grid.json", spec)
     sweep = expand(load_sweep_spec(path), path)
     output = io.StringIO()
@@ -351,19 +433,30 @@ def test_killed_worker_and_bad_override_are_recorded_and_retried(tmp_path, base_
         again = run_sweep(expand(load_sweep_spec(path), path), workers=2, target=fake_cell)
     assert [(r.label, r.ok) for r in again.results] == [("conv_ae_replay/seed_0", True)]
     assert again.skipped == 1 and [label for label, _ in again.not_run] == [
-        "conv_ae_cumulative/seed_0"]
+        "conv_ae_cumulative/seed_0"
+    ]
     assert not (tmp_path / "grid" / "conv_ae_replay" / "seed_0" / "error.txt").exists()
 
 
 def test_run_cell_records_an_exception_beside_the_run(tmp_path, base_config):
     """The worker body, in this process: a config that validates but fails at run time."""
     from clad.config import load_config
-    from clad.sweep_backends import run_cell
+    from clad.sweep import run_cell
 
-    config = load_config(base_config, ["dataset.name=mvtec",
-                                       f"dataset.root={tmp_path / 'no_such_folder'}"])
-    job = CellJob("broken", 0, config.model_dump(), str(tmp_path), "test", resume=True,
-                  overwrite=False, device="cpu", threads=THREADS)
+    config = load_config(
+        base_config, ["dataset.name=mvtec", f"dataset.root={tmp_path / 'no_such_folder'}"]
+    )
+    job = CellJob(
+        "broken",
+        0,
+        config.model_dump(),
+        str(tmp_path),
+        "test",
+        resume=True,
+        overwrite=False,
+        device="cpu",
+        threads=THREADS,
+    )
     result = run_cell(job)
     assert not result.ok and "no_such_folder" in result.message
     error = (tmp_path / "broken" / "seed_0" / "error.txt").read_text()
@@ -378,9 +471,12 @@ def test_a_failing_run_is_reported_and_the_others_complete(tmp_path, base_config
     folder that does not exist) next to a good run."""
     spec = grid_spec(base_config, output=str(tmp_path))
     spec["axes"] = {"strategy.name": ["naive", "cumulative"], "seed": [0]}
-    spec["overrides"].append({"when": {"strategy.name": "cumulative"},
-                              "set": {"dataset.name": "mvtec",
-                                      "dataset.root": str(tmp_path / "no_such_folder")}})
+    spec["overrides"].append(
+        {
+            "when": {"strategy.name": "cumulative"},
+            "set": {"dataset.name": "mvtec", "dataset.root": str(tmp_path / "no_such_folder")},
+        }
+    )
     path = write_json(tmp_path / "grid.json", spec)
     assert main(["sweep", str(path), "--workers", "2"]) == 1
     out = capsys.readouterr().out
@@ -402,19 +498,35 @@ def test_ray_sweep_equals_one_by_one(tmp_path, base_config, one_by_one):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         path = write_json(tmp_path / "grid.json", grid_spec(base_config, output=str(tmp_path)))
-        assert main(["sweep", str(path), "--backend", "ray", "--threads-per-run",
-                     str(THREADS)]) == 0
+        assert (
+            main(["sweep", str(path), "--backend", "ray", "--threads-per-run", str(THREADS)]) == 0
+        )
         for detector, strategy, seed in GRID:
             label = f"{detector}_{strategy}/seed_{seed}"
             assert_same_metrics(tmp_path / "grid" / label, one_by_one / label)
         assert (tmp_path / "grid" / "report.html").exists()
         # workers without a shared disk: each run is written on the worker and sent back
         spec = grid_spec(base_config, name="copied", output=str(tmp_path))
-        spec["axes"] = {"detector.name": ["conv_ae"], "strategy.name": ["naive", "replay"],
-                        "seed": [1]}
+        spec["axes"] = {
+            "detector.name": ["conv_ae"],
+            "strategy.name": ["naive", "replay"],
+            "seed": [1],
+        }
         path = write_json(tmp_path / "copied.json", spec)
-        assert main(["sweep", str(path), "--backend", "ray", "--copy-back",
-                     "--threads-per-run", str(THREADS)]) == 0
+        assert (
+            main(
+                [
+                    "sweep",
+                    str(path),
+                    "--backend",
+                    "ray",
+                    "--copy-back",
+                    "--threads-per-run",
+                    str(THREADS),
+                ]
+            )
+            == 0
+        )
         for label in ("conv_ae_naive/seed_1", "conv_ae_replay/seed_1"):
             copied = tmp_path / "copied" / label
             assert_same_metrics(copied, one_by_one / label)

@@ -23,6 +23,7 @@ from clad.benchmarks.synthetic import (
     image_rng,
     render_sample,
 )
+from clad.cli import generate
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"image_size": 32, "n_train": 3, "n_test_good": 2, "n_test_per_defect": 2}
@@ -217,8 +218,9 @@ def test_unknown_category_and_bad_parameters_fail_clearly(tmp_path: Path) -> Non
 def test_cli_writes_and_reports(tmp_path: Path) -> None:
     command = [
         sys.executable,
-        "-m",
-        "clad.benchmarks.synthetic",
+        "main.py",
+        "generate",
+        "synthetic",
         "--out",
         str(tmp_path),
         "--seed",
@@ -245,7 +247,7 @@ def test_cli_writes_and_reports(tmp_path: Path) -> None:
 
 def test_cli_unknown_category(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        synthetic.main(["--out", str(tmp_path), "--categories", "bolt"])
+        generate.synthetic(["--out", str(tmp_path), "--categories", "bolt"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "unknown synthetic category 'bolt'" in err and "stripes" in err

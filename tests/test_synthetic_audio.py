@@ -18,9 +18,9 @@ from clad.benchmarks.synthetic_audio import (
     clip_rng,
     generate_dataset,
     generate_machine,
-    main,
     render_clip,
 )
+from clad.cli.generate import synthetic_audio as main
 
 TINY = dict(sections=2, n_train=3, n_train_target=2, n_test=4, duration_s=0.5)
 
@@ -48,8 +48,9 @@ def test_layouts_and_names_parse(tmp_path, layout):
         else:
             assert sections == {"section_00", "section_01"}
             assert {s.domain for s in test} == {"source", "target"}
-            assert (base / machine / "test" /
-                    "section_01_target_test_anomaly_0003_spd_112.wav").is_file()
+            assert (
+                base / machine / "test" / "section_01_target_test_anomaly_0003_spd_112.wav"
+            ).is_file()
     info = soundfile.info(str(train[0].path))
     assert (info.samplerate, info.channels, info.frames) == (16000, 1, 8000)
 
@@ -91,8 +92,7 @@ def test_clips_are_finite_and_levelled(machine, anomaly):
 
 def test_anomalies_change_the_sound_of_the_same_draw():
     def draw(anomaly):
-        return render_clip("gearbox", 1, True, anomaly, 16000, 1.0,
-                           np.random.default_rng(11))
+        return render_clip("gearbox", 1, True, anomaly, 16000, 1.0, np.random.default_rng(11))
 
     normal = draw(None)
     for kind in ANOMALY_KINDS:
@@ -123,8 +123,24 @@ def test_bad_parameters_are_named(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    args = ["--out", str(tmp_path), "--seed", "2", "--layout", "dcase2020", "--machines", "pump",
-            "--sections", "1", "--n-train", "2", "--n-test", "1", "--duration", "0.25"]
+    args = [
+        "--out",
+        str(tmp_path),
+        "--seed",
+        "2",
+        "--layout",
+        "dcase2020",
+        "--machines",
+        "pump",
+        "--sections",
+        "1",
+        "--n-train",
+        "2",
+        "--n-test",
+        "1",
+        "--duration",
+        "0.25",
+    ]
     assert main(args) == 0
     assert "written" in capsys.readouterr().out
     assert len(list((tmp_path / "dev_data" / "pump").rglob("*.wav"))) == 2 + 1 + 1

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clad.benchmarks.mvtec import DatasetError
+from clad.errors import DatasetError
 
 AMIN = 1e-10  # librosa power_to_db's floor on power before the log
 CACHE_VERSION = 1  # bump when the computation changes, so stale caches are not reused
@@ -145,8 +145,13 @@ def log_mel(wave: np.ndarray, params: LogMelParams) -> np.ndarray:
     if signal.numel() <= params.n_fft // 2:  # constant padding needs no minimum, but a frame does
         signal = torch.nn.functional.pad(signal, (0, params.n_fft // 2 + 1 - signal.numel()))
     spec = torch.stft(
-        signal, params.n_fft, params.hop_length, window=window, center=True,
-        pad_mode="constant", return_complex=True,
+        signal,
+        params.n_fft,
+        params.hop_length,
+        window=window,
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
     )  # [F, T]
     power = spec.real.square() + spec.imag.square()  # [F, T]
     bank = mel_filterbank(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
@@ -223,8 +228,13 @@ def extract_features(
         try:
             with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
                 rows = pool.map(one, paths)
-                bar = tqdm(rows, total=len(paths), desc=f"log-mel {name}", leave=False,
-                           disable=len(paths) < PROGRESS_MIN_CLIPS)
+                bar = tqdm(
+                    rows,
+                    total=len(paths),
+                    desc=f"log-mel {name}",
+                    leave=False,
+                    disable=len(paths) < PROGRESS_MIN_CLIPS,
+                )
                 for i, spec in enumerate(bar):
                     out[i] = spec
         finally:

@@ -32,13 +32,14 @@ import numpy as np
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 from avalanche.benchmarks.utils import AvalancheDataset
-from avalanche.benchmarks.utils.data_attribute import DataAttribute
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from clad.benchmarks.audio_features import LogMelParams, extract_features
-from clad.benchmarks.mvtec import DatasetError, list_folders
-from clad.types import Sample, Task
+from clad.benchmarks.mvtec import list_folders
+from clad.benchmarks.validation import split_validation
+from clad.errors import ConfigError, DatasetError
+from clad.records import Sample, Task
 
 DCASE2020_MACHINES = ("fan", "pump", "slider", "valve", "ToyCar", "ToyConveyor")
 DCASE2022_MACHINES = ("bearing", "fan", "gearbox", "slider", "ToyCar", "ToyTrain", "valve")
@@ -101,7 +102,8 @@ def machine_folder(root: Path | str, machine: str) -> Path:
 def list_wavs(folder: Path) -> list[Path]:
     """``*.wav`` files of ``folder`` (hidden ones skipped), sorted by name."""
     return sorted(
-        p for p in folder.iterdir()
+        p
+        for p in folder.iterdir()
         if p.is_file() and p.suffix.lower() == ".wav" and not p.name.startswith(".")
     )
 
@@ -141,8 +143,18 @@ def read_machine(root: Path | str, machine: str, layout: str) -> tuple[list[Samp
             label = int(fields["label"] == "anomaly")
             if split == "train" and label == 1:
                 raise DatasetError(f"{path}: anomalous clip in the training folder {where}")
-            samples.append(Sample(path, label, str(fields["label"]), machine, None, False,
-                                  section=fields["section"], domain=fields["domain"]))
+            samples.append(
+                Sample(
+                    path,
+                    label,
+                    str(fields["label"]),
+                    machine,
+                    None,
+                    False,
+                    section=fields["section"],
+                    domain=fields["domain"],
+                )
+            )
         splits[split] = samples
     return splits["train"], splits["test"]
 
@@ -159,8 +171,13 @@ class AudioDataset(Dataset):
         labels: 0 normal, 1 anomalous.
     """
 
-    def __init__(self, samples: Sequence[Sample], features: np.ndarray, rows: Sequence[int],
-                 db_range: tuple[float, float]) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        features: np.ndarray,
+        rows: Sequence[int],
+        db_range: tuple[float, float],
+    ) -> None:
         if len(samples) == 0:
             raise DatasetError("AudioDataset needs at least one clip")
         if len(rows) != len(samples):
@@ -191,8 +208,13 @@ class AudioDataset(Dataset):
 def log_mel_params(audio) -> LogMelParams:
     """The feature parameters of a ``clad.config.AudioConfig``."""
     return LogMelParams(
-        sample_rate=audio.sample_rate, n_fft=audio.n_fft, hop_length=audio.hop_length,
-        n_mels=audio.n_mels, fmin=audio.fmin, fmax=audio.fmax, top_db=audio.top_db,
+        sample_rate=audio.sample_rate,
+        n_fft=audio.n_fft,
+        hop_length=audio.hop_length,
+        n_mels=audio.n_mels,
+        fmin=audio.fmin,
+        fmax=audio.fmax,
+        top_db=audio.top_db,
         frames=audio.frames,
     )
 
@@ -210,26 +232,6 @@ def dataset_layout(config) -> str:
     return config.audio.synthetic.layout if config.name == "synthetic_audio" else config.name
 
 
-def labelled_dataset(dataset: AudioDataset) -> AvalancheDataset:
-    """The dataset with each clip's section and domain as data attributes (not in the items)."""
-    sections = [s.section or "" for s in dataset.samples]
-    domains = [s.domain or "" for s in dataset.samples]
-    return AvalancheDataset(
-        [dataset],
-        data_attributes=[DataAttribute(sections, "section"), DataAttribute(domains, "domain")],
-    )
-
-
-def clip_groups(dataset: Dataset) -> tuple[list[str], list[str | None]]:
-    """(sections, domains) of a task's audio dataset, one per clip; a domain is None when the
-    data has none (DCASE 2020)."""
-    try:
-        sections, domains = list(dataset.section), list(dataset.domain)
-    except AttributeError:
-        raise ValueError("not an audio dataset with section/domain attributes") from None
-    return [str(s) for s in sections], [str(d) or None for d in domains]
-
-
 def build_audio_tasks(config, seed: int) -> list[Task]:
     """Read (generating the synthetic set first when needed) and stream the machine types.
 
@@ -240,9 +242,6 @@ def build_audio_tasks(config, seed: int) -> list[Task]:
     Returns:
         One ``Task`` per machine type in the configured order (``has_masks`` False).
     """
-    from clad.benchmarks.stream import split_validation
-    from clad.registry import ConfigError
-
     audio = config.audio
     layout = dataset_layout(config)
     root = Path(config.root)
@@ -257,17 +256,29 @@ def build_audio_tasks(config, seed: int) -> list[Task]:
                 f"known: {', '.join(SYNTHETIC_MACHINES)}"
             )
         gen = audio.synthetic
-        generate_dataset(root, machines, layout, gen.seed, gen.sections, gen.n_train,
-                         gen.n_train_target, gen.n_test, gen.duration_s, audio.sample_rate)
+        generate_dataset(
+            root,
+            machines,
+            layout,
+            gen.seed,
+            gen.sections,
+            gen.n_train,
+            gen.n_train_target,
+            gen.n_test,
+            gen.duration_s,
+            audio.sample_rate,
+        )
     params = log_mel_params(audio)
     cache_dir = Path(audio.cache_dir) if audio.cache_dir else root / ".clad_cache"
     read = [read_machine(root, machine, layout) for machine in machines]  # check all first
     features = []
     for machine, (train, test) in zip(machines, read):
-        features.append((
-            extract_features([s.path for s in train], params, cache_dir, f"{machine}-train"),
-            extract_features([s.path for s in test], params, cache_dir, f"{machine}-test"),
-        ))
+        features.append(
+            (
+                extract_features([s.path for s in train], params, cache_dir, f"{machine}-train"),
+                extract_features([s.path for s in test], params, cache_dir, f"{machine}-test"),
+            )
+        )
     if audio.db_range is not None:
         db_range = (float(audio.db_range[0]), float(audio.db_range[1]))
     else:
@@ -284,9 +295,10 @@ def build_audio_tasks(config, seed: int) -> list[Task]:
         row = {s.path: i for i, s in enumerate(train)}
         for split, samples, array in (("train", fit, train_db), ("val", val, train_db)):
             rows = [row[s.path] for s in samples]
-            splits[split].append(labelled_dataset(AudioDataset(samples, array, rows, db_range)))
-        test_set = AudioDataset(test, test_db, range(len(test)), db_range)
-        splits["test"].append(labelled_dataset(test_set))
+            splits[split].append(AvalancheDataset([AudioDataset(samples, array, rows, db_range)]))
+        splits["test"].append(
+            AvalancheDataset([AudioDataset(test, test_db, range(len(test)), db_range)])
+        )
     scenario = benchmark_from_datasets(**splits)
     return [
         Task(
@@ -296,6 +308,8 @@ def build_audio_tasks(config, seed: int) -> list[Task]:
             val=scenario.val_stream[i].dataset,
             test=scenario.test_stream[i].dataset,
             has_masks=False,
+            test_sections=tuple(s.section or "" for s in test),
+            test_domains=tuple(s.domain for s in test),
         )
-        for i, machine in enumerate(machines)
+        for i, (machine, (_, test)) in enumerate(zip(machines, read))
     ]

@@ -19,16 +19,16 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
-from clad.types import Sample
+from clad.errors import DatasetError
+from clad.imageio import IMAGE_EXTENSIONS, decode
+from clad.records import Sample
 
 MVTEC_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
 MVTEC_OBJECTS = (
@@ -55,12 +55,7 @@ CLAD_TASK_ORDER = (
     "zipper",
     "screw",
 )
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 PROGRESS_MIN_IMAGES = 50  # show a decoding progress bar above this many images
-
-
-class DatasetError(ValueError):
-    """A dataset folder or file is missing, misplaced or unreadable; the message says which."""
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -139,22 +134,6 @@ def read_category(root: Path | str, category: str) -> tuple[list[Sample], list[S
             f"category {category!r}: no {extensions} images in the sub-folders of {test_dir}"
         )
     return train, test
-
-
-def decode(path: Path, mode: str) -> Tensor:
-    """Read an image file as uint8 [C, H, W] in PIL ``mode`` ("RGB": C=3, "L": C=1).
-
-    Raises:
-        DatasetError: naming the file, when it is missing, truncated or not an image.
-    """
-    try:
-        with Image.open(path) as image:
-            array = np.array(image.convert(mode))  # [H, W, 3] or [H, W], uint8
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DatasetError(f"cannot read image {path}: {err}") from err
-    if array.ndim == 2:
-        array = array[..., None]  # [H, W, 1]
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # [C, H, W]
 
 
 class ImageDataset(Dataset):

@@ -39,11 +39,22 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
-from clad.benchmarks.mvtec import DatasetError, decode, list_folders, list_images
-from clad.types import Sample
+from clad.benchmarks.mvtec import list_folders, list_images
+from clad.errors import DatasetError
+from clad.imageio import decode
+from clad.records import Sample
 
 MVTEC3D_CATEGORIES = (
-    "bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire",
+    "bagel",
+    "cable_gland",
+    "carrot",
+    "cookie",
+    "dowel",
+    "foam",
+    "peach",
+    "potato",
+    "rope",
+    "tire",
 )
 Mode = Literal["rgb", "depth", "rgb+depth"]
 MODE_CHANNELS = {"rgb": 3, "depth": 2, "rgb+depth": 5}
@@ -69,8 +80,12 @@ def _split(folder: Path, category: str, split: str) -> list[Sample]:
             if split == "test" and label == 1 and not gt.is_file():
                 raise DatasetError(f"defective image {path} has no mask: expected {gt}")
             sample = Sample(
-                path=path, label=label, defect=defect_dir.name, category=category,
-                mask_path=gt if label == 1 else None, has_masks=True,
+                path=path,
+                label=label,
+                defect=defect_dir.name,
+                category=category,
+                mask_path=gt if label == 1 else None,
+                has_masks=True,
             )
             if not xyz_path(sample).is_file():
                 raise DatasetError(f"image {path} has no point map: expected {xyz_path(sample)}")
@@ -125,6 +140,7 @@ def fill_gaps(z: np.ndarray, passes: int = 3) -> np.ndarray:
 
 def background_plane(z: np.ndarray) -> np.ndarray:
     """Bilinear surface through the mean valid z of the four 2x2 corners: [H, W] -> [H, W]."""
+
     def corner(patch: np.ndarray) -> float:
         valid = patch[patch != 0]
         return float(valid.mean()) if valid.size else float(z[z != 0].mean())
@@ -195,8 +211,12 @@ class RGBDDataset(Dataset):
         return self.inputs[index], self.masks[index].float(), self.labels[index]
 
     def _fit(self, tensor: Tensor, interpolation: InterpolationMode) -> Tensor:
-        tensor = TF.resize(tensor, [self.image_size] * 2, interpolation=interpolation,
-                           antialias=interpolation != InterpolationMode.NEAREST)
+        tensor = TF.resize(
+            tensor,
+            [self.image_size] * 2,
+            interpolation=interpolation,
+            antialias=interpolation != InterpolationMode.NEAREST,
+        )
         if self.crop_size is not None:
             tensor = TF.center_crop(tensor, [self.crop_size] * 2)
         return tensor

@@ -6,15 +6,15 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 from avalanche.benchmarks.utils import AvalancheDataset
 
 from clad.benchmarks.mvtec import CLAD_TASK_ORDER, ImageDataset, read_category
+from clad.benchmarks.spec import DatasetConfig
 from clad.benchmarks.synthetic import SYNTHETIC_CATEGORIES, generate_dataset
-from clad.config import DatasetConfig
-from clad.registry import ConfigError
-from clad.types import Sample, Task
+from clad.benchmarks.validation import split_validation
+from clad.errors import ConfigError
+from clad.records import Sample, Task
 
 
 def default_categories(name: str) -> tuple[str, ...]:
@@ -47,8 +47,12 @@ def _read_3d(config: DatasetConfig, root: Path, categories: list[str]) -> Callab
         check_known(categories, SYNTHETIC_3D_CATEGORIES, "synthetic 3D")
         gen = config.synthetic
         generate_dataset_3d(
-            root, seed=gen.seed, categories=categories, image_size=gen.image_size,
-            n_train=gen.n_train, n_test_good=gen.n_test_good,
+            root,
+            seed=gen.seed,
+            categories=categories,
+            image_size=gen.image_size,
+            n_train=gen.n_train,
+            n_test_good=gen.n_test_good,
             n_test_per_defect=gen.n_test_per_defect,
         )
 
@@ -59,25 +63,6 @@ def _read_3d(config: DatasetConfig, root: Path, categories: list[str]) -> Callab
         return train + validation, test
 
     return read
-
-
-def split_validation(
-    train: list[Sample], fraction: float, seed: int, category: str
-) -> tuple[list[Sample], list[Sample]]:
-    """Hold out ``round(fraction * n)`` (at least 1) normal training images, chosen by a
-    permutation seeded with (seed, category), for model selection and thresholds."""
-    if len(train) < 2:
-        raise ConfigError(
-            f"category {category!r}: {len(train)} training image(s); at least 2 are needed "
-            "(one to train on, one held out for validation)"
-        )
-    n_val = min(len(train) - 1, max(1, round(fraction * len(train))))
-    key = [seed, *category.encode()]
-    order = np.random.default_rng(key).permutation(len(train))
-    val_idx = set(order[:n_val].tolist())
-    fit = [s for i, s in enumerate(train) if i not in val_idx]
-    val = [s for i, s in enumerate(train) if i in val_idx]
-    return fit, val
 
 
 def build_tasks(config: DatasetConfig, seed: int) -> list[Task]:
@@ -100,7 +85,9 @@ def build_tasks(config: DatasetConfig, seed: int) -> list[Task]:
 
         read = _read_3d(config, root, categories)
         make_dataset = partial(
-            RGBDDataset, image_size=config.image_size, mode=config.mode,
+            RGBDDataset,
+            image_size=config.image_size,
+            mode=config.mode,
             crop_size=config.crop_size,
         )
     elif config.name == "synthetic":

@@ -32,16 +32,14 @@ the same scene.
 
 Command line::
 
-    python -m clad.benchmarks.synthetic --out data/synthetic --seed 0
+    python main.py generate synthetic --out data/synthetic --seed 0
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
@@ -714,66 +712,3 @@ def generate_dataset(
             n_test_per_defect=n_test_per_defect,
         )
     return Path(root)
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m clad.benchmarks.synthetic",
-        description="Write seeded synthetic anomaly-detection categories in the MVTec AD layout "
-        "(<out>/<category>/{train/good, test/<defect>, ground_truth/<defect>}).",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="dataset root folder")
-    parser.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
-    parser.add_argument(
-        "--categories",
-        nargs="+",
-        default=list(SYNTHETIC_CATEGORIES),
-        metavar="NAME",
-        help=f"categories to write (default: all of {', '.join(SYNTHETIC_CATEGORIES)})",
-    )
-    parser.add_argument("--image-size", type=int, default=64, help="image side in pixels")
-    parser.add_argument("--n-train", type=int, default=40, help="normal training images")
-    parser.add_argument("--n-test-good", type=int, default=10, help="normal test images")
-    parser.add_argument(
-        "--n-test-per-defect", type=int, default=4, help="test images per defect kind"
-    )
-    args = parser.parse_args(argv)
-    params = {}
-    for category in args.categories:
-        try:
-            params[category] = generation_params(
-                category,
-                seed=args.seed,
-                image_size=args.image_size,
-                n_train=args.n_train,
-                n_test_good=args.n_test_good,
-                n_test_per_defect=args.n_test_per_defect,
-            )
-        except ValueError as err:
-            parser.error(str(err))
-    for category in args.categories:
-        already = is_complete(args.out / category, params[category])
-        folder = generate_category(
-            args.out,
-            category=category,
-            seed=args.seed,
-            image_size=args.image_size,
-            n_train=args.n_train,
-            n_test_good=args.n_test_good,
-            n_test_per_defect=args.n_test_per_defect,
-        )
-        defects = defect_kinds(category)
-        status = "already complete" if already else "written"
-        print(
-            f"{category}: {args.n_train} train, {args.n_test_good} good + "
-            f"{args.n_test_per_defect} x {len(defects)} defective test images "
-            f"({', '.join(defects)}), {args.image_size}px -> {folder} ({status})"
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

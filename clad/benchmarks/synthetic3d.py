@@ -12,12 +12,11 @@ set to 0, as real scans have), and for test images ``gt/*.png`` (0/255). Defects
 Masks are the pixels where the defect changes height by more than 0.5 mm or colour by more than
 0.05. Everything is drawn with NumPy from a generator seeded by (seed, category, split, index).
 
-``python -m clad.benchmarks.synthetic3d --out DIR --seed N`` writes a dataset.
+``python main.py generate synthetic3d --out DIR --seed N`` writes a dataset.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import zlib
@@ -35,8 +34,9 @@ PIXEL = 0.0005  # metres per pixel at 128 px (scaled with the image size)
 
 
 def _rng(seed: int, category: str, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(category.encode()), zlib.crc32(split.encode()),
-                                  index])
+    return np.random.default_rng(
+        [seed, zlib.crc32(category.encode()), zlib.crc32(split.encode()), index]
+    )
 
 
 def _object_height(category: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -128,15 +128,25 @@ def _write(folder: Path, name: str, rgb: np.ndarray, xyz: np.ndarray, mask: np.n
 
 
 def generate_category_3d(
-    root: Path, category: str, seed: int, image_size: int, n_train: int, n_test_good: int,
+    root: Path,
+    category: str,
+    seed: int,
+    image_size: int,
+    n_train: int,
+    n_test_good: int,
     n_test_per_defect: int,
 ) -> Path:
     """Write one category (skipped when a marker with the same parameters exists)."""
     if category not in SYNTHETIC_3D_CATEGORIES:
         known = ", ".join(SYNTHETIC_3D_CATEGORIES)
         raise ValueError(f"unknown synthetic 3D category {category!r}; known: {known}")
-    params = {"seed": seed, "image_size": image_size, "n_train": n_train,
-              "n_test_good": n_test_good, "n_test_per_defect": n_test_per_defect}
+    params = {
+        "seed": seed,
+        "image_size": image_size,
+        "n_train": n_train,
+        "n_test_good": n_test_good,
+        "n_test_per_defect": n_test_per_defect,
+    }
     final = Path(root) / category
     marker = final / MARKER
     if marker.is_file() and json.loads(marker.read_text()) == params:
@@ -158,29 +168,18 @@ def generate_category_3d(
 
 
 def generate_dataset_3d(
-    root: Path | str, seed: int = 0, categories: Sequence[str] | None = None, image_size: int = 64,
-    n_train: int = 30, n_test_good: int = 8, n_test_per_defect: int = 3,
+    root: Path | str,
+    seed: int = 0,
+    categories: Sequence[str] | None = None,
+    image_size: int = 64,
+    n_train: int = 30,
+    n_test_good: int = 8,
+    n_test_per_defect: int = 3,
 ) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for category in categories or SYNTHETIC_3D_CATEGORIES:
-        generate_category_3d(root, category, seed, image_size, n_train, n_test_good,
-                             n_test_per_defect)
+        generate_category_3d(
+            root, category, seed, image_size, n_train, n_test_good, n_test_per_defect
+        )
     return root
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write a synthetic MVTec 3D-AD-layout dataset.")
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--categories", nargs="+", default=None)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--n-train", type=int, default=30)
-    args = parser.parse_args(argv)
-    generate_dataset_3d(args.out, args.seed, args.categories, args.image_size, args.n_train)
-    print(f"wrote {', '.join(args.categories or SYNTHETIC_3D_CATEGORIES)} to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -45,16 +45,14 @@ files, and asking for more clips leaves the first ones as they were.
 
 Command line::
 
-    python -m clad.benchmarks.synthetic_audio --out data/synthetic_audio --seed 0 --layout dcase2022
+    python main.py generate synthetic-audio --out data/synthetic_audio --seed 0 --layout dcase2022
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import uuid
 import zlib
 from collections.abc import Sequence
@@ -97,11 +95,38 @@ class MachineSpec:
 
 
 MACHINE_SPECS: dict[str, MachineSpec] = {
-    "fan": MachineSpec(120.0, (1.0, 0.6, 0.45, 0.3, 0.2, 0.12), (80.0, 6000.0), 1.2, 1.0, 0.15,
-                       "all"),
-    "pump": MachineSpec(50.0, (0.5, 0.15, 1.0, 0.1, 0.6, 0.05, 0.4, 0.03, 0.25, 0.02, 0.15, 0.0,
-                               0.1, 0.0, 0.08, 0.0, 0.06, 0.0, 0.05), (400.0, 2500.0), 0.5, 6.0,
-                        0.6, "noise"),
+    "fan": MachineSpec(
+        120.0, (1.0, 0.6, 0.45, 0.3, 0.2, 0.12), (80.0, 6000.0), 1.2, 1.0, 0.15, "all"
+    ),
+    "pump": MachineSpec(
+        50.0,
+        (
+            0.5,
+            0.15,
+            1.0,
+            0.1,
+            0.6,
+            0.05,
+            0.4,
+            0.03,
+            0.25,
+            0.02,
+            0.15,
+            0.0,
+            0.1,
+            0.0,
+            0.08,
+            0.0,
+            0.06,
+            0.0,
+            0.05,
+        ),
+        (400.0, 2500.0),
+        0.5,
+        6.0,
+        0.6,
+        "noise",
+    ),
     "gearbox": MachineSpec(480.0, (1.0, 0.5, 0.25), (100.0, 4000.0), 0.35, 12.0, 0.4, "tone"),
     "bearing": MachineSpec(30.0, (1.0, 0.5, 0.3, 0.2), (2000.0, 4000.0), 0.25, 0.5, 0.2, "all"),
 }
@@ -170,8 +195,10 @@ def render_clip(
     tone /= max(rms(tone), 1e-12)
     noise_db = rng.uniform(-1.0, 1.0) + (TARGET_NOISE_DB if target else 0.0)
     low, high = spec.noise_band
-    noise = spec.noise_level * 10.0 ** (noise_db / 20.0) * band_noise(
-        rng, n, sample_rate, low, min(high, 0.95 * nyquist)
+    noise = (
+        spec.noise_level
+        * 10.0 ** (noise_db / 20.0)
+        * band_noise(rng, n, sample_rate, low, min(high, 0.95 * nyquist))
     )
     am_rate = spec.am_rate * speed * rng.uniform(0.95, 1.05)
     am = 1.0 + spec.am_depth * np.sin(2.0 * np.pi * am_rate * t + rng.uniform(0.0, 2.0 * np.pi))
@@ -221,8 +248,15 @@ def stable_id(text: str) -> int:
 def clip_rng(
     seed: int, machine: str, section: int, domain: str, split: str, label: str, index: int
 ) -> np.random.Generator:
-    key = [seed, stable_id(machine), section, stable_id(domain), stable_id(split),
-           stable_id(label), index]
+    key = [
+        seed,
+        stable_id(machine),
+        section,
+        stable_id(domain),
+        stable_id(split),
+        stable_id(label),
+        index,
+    ]
     return np.random.default_rng(key)
 
 
@@ -258,13 +292,17 @@ def plan_machine(params: dict) -> list[ClipPlan]:
     for section in range(params["sections"]):
         for domain in domains:
             n_train = params["n_train"] if domain == "source" else params["n_train_target"]
-            jobs = [("train", "normal", n_train), ("test", "normal", params["n_test"]),
-                    ("test", "anomaly", params["n_test"])]
+            jobs = [
+                ("train", "normal", n_train),
+                ("test", "normal", params["n_test"]),
+                ("test", "anomaly", params["n_test"]),
+            ]
             for split, label, count in jobs:
                 for index in range(count):
                     kind = ANOMALY_KINDS[index % len(ANOMALY_KINDS)] if label == "anomaly" else None
-                    name = clip_name(layout, ClipPlan("", section, domain, split, label, index,
-                                                      kind))
+                    name = clip_name(
+                        layout, ClipPlan("", section, domain, split, label, index, kind)
+                    )
                     plans.append(
                         ClipPlan(f"{split}/{name}", section, domain, split, label, index, kind)
                     )
@@ -291,8 +329,12 @@ def generation_params(
         raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    for name, count in (("sections", sections), ("n_train", n_train),
-                        ("n_train_target", n_train_target), ("n_test", n_test)):
+    for name, count in (
+        ("sections", sections),
+        ("n_train", n_train),
+        ("n_train_target", n_train_target),
+        ("n_test", n_test),
+    ):
         if count < 1:
             raise ValueError(f"{name} must be at least 1, got {count}")
     if layout == "dcase2020" and sections > 50:
@@ -339,10 +381,24 @@ def write_machine_files(folder: Path, params: dict) -> dict[str, str]:
 
     kinds = {}
     for plan in plan_machine(params):
-        rng = clip_rng(params["seed"], params["machine"], plan.section, plan.domain, plan.split,
-                       plan.label, plan.index)
-        wave = render_clip(params["machine"], plan.section, plan.domain == "target", plan.anomaly,
-                           params["sample_rate"], params["duration_s"], rng)
+        rng = clip_rng(
+            params["seed"],
+            params["machine"],
+            plan.section,
+            plan.domain,
+            plan.split,
+            plan.label,
+            plan.index,
+        )
+        wave = render_clip(
+            params["machine"],
+            plan.section,
+            plan.domain == "target",
+            plan.anomaly,
+            params["sample_rate"],
+            params["duration_s"],
+            rng,
+        )
         path = folder / plan.relative
         path.parent.mkdir(parents=True, exist_ok=True)
         soundfile.write(str(path), wave, params["sample_rate"], subtype="PCM_16")
@@ -351,10 +407,18 @@ def write_machine_files(folder: Path, params: dict) -> dict[str, str]:
     return kinds
 
 
-def generate_machine(root: Path | str, machine: str, layout: str = "dcase2022", seed: int = 0,
-                     sections: int = 2, n_train: int = 30, n_train_target: int = 3,
-                     n_test: int = 10, duration_s: float = 2.0,
-                     sample_rate: int = 16000) -> Path:
+def generate_machine(
+    root: Path | str,
+    machine: str,
+    layout: str = "dcase2022",
+    seed: int = 0,
+    sections: int = 2,
+    n_train: int = 30,
+    n_train_target: int = 3,
+    n_test: int = 10,
+    duration_s: float = 2.0,
+    sample_rate: int = 16000,
+) -> Path:
     """Write one machine folder unless it is already there with these parameters.
 
     Args:
@@ -372,8 +436,9 @@ def generate_machine(root: Path | str, machine: str, layout: str = "dcase2022", 
     Returns:
         The machine folder.
     """
-    params = generation_params(machine, layout, seed, sections, n_train, n_train_target, n_test,
-                               duration_s, sample_rate)
+    params = generation_params(
+        machine, layout, seed, sections, n_train, n_train_target, n_test, duration_s, sample_rate
+    )
     target = machine_folder(root, machine, layout)
     if is_complete(target, params):
         return target
@@ -387,8 +452,9 @@ def generate_machine(root: Path | str, machine: str, layout: str = "dcase2022", 
     partial = target.parent / f".{machine}.partial-{tag}"
     try:
         kinds = write_machine_files(partial, params)
-        (partial / MARKER).write_text(json.dumps({"params": params, "anomaly_kinds": kinds},
-                                                 sort_keys=True))
+        (partial / MARKER).write_text(
+            json.dumps({"params": params, "anomaly_kinds": kinds}, sort_keys=True)
+        )
         if target.exists():  # stale generation: move aside, then remove
             stale = target.parent / f".{machine}.stale-{tag}"
             try:
@@ -407,21 +473,48 @@ def generate_machine(root: Path | str, machine: str, layout: str = "dcase2022", 
     return target
 
 
-def generate_dataset(root: Path | str, machines: Sequence[str] | None = None,
-                     layout: str = "dcase2022", seed: int = 0, sections: int = 2,
-                     n_train: int = 30, n_train_target: int = 3, n_test: int = 10,
-                     duration_s: float = 2.0, sample_rate: int = 16000) -> Path:
+def generate_dataset(
+    root: Path | str,
+    machines: Sequence[str] | None = None,
+    layout: str = "dcase2022",
+    seed: int = 0,
+    sections: int = 2,
+    n_train: int = 30,
+    n_train_target: int = 3,
+    n_test: int = 10,
+    duration_s: float = 2.0,
+    sample_rate: int = 16000,
+) -> Path:
     """Write the synthetic machines (all of ``SYNTHETIC_MACHINES`` by default) under ``root``,
     skipping those already complete with the same parameters. Returns ``root``."""
     if isinstance(machines, str):
         raise TypeError(f"machines must be a list of names, got the string {machines!r}")
     names = list(SYNTHETIC_MACHINES if machines is None else machines)
     for machine in names:  # validate everything before writing anything
-        generation_params(machine, layout, seed, sections, n_train, n_train_target, n_test,
-                          duration_s, sample_rate)
+        generation_params(
+            machine,
+            layout,
+            seed,
+            sections,
+            n_train,
+            n_train_target,
+            n_test,
+            duration_s,
+            sample_rate,
+        )
     for machine in names:
-        generate_machine(root, machine, layout, seed, sections, n_train, n_train_target, n_test,
-                         duration_s, sample_rate)
+        generate_machine(
+            root,
+            machine,
+            layout,
+            seed,
+            sections,
+            n_train,
+            n_train_target,
+            n_test,
+            duration_s,
+            sample_rate,
+        )
     return Path(root)
 
 
@@ -431,53 +524,3 @@ def anomaly_kinds(folder: Path) -> dict[str, str]:
     if marker is None:
         raise FileNotFoundError(f"{folder}: no {MARKER} marker of the synthetic audio generator")
     return dict(marker["anomaly_kinds"])
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m clad.benchmarks.synthetic_audio",
-        description="Write seeded synthetic machine sounds in a DCASE Task 2 layout "
-        "(dcase2020: <out>/dev_data/<machine>/{train,test}/{normal,anomaly}_id_XX_*.wav; "
-        "dcase2022: <out>/<machine>/{train,test}/section_XX_{source,target}_*.wav).",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="dataset root folder")
-    parser.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="dcase2022")
-    parser.add_argument("--machines", nargs="+", default=list(SYNTHETIC_MACHINES), metavar="NAME",
-                        help=f"machine types (default: all of {', '.join(SYNTHETIC_MACHINES)})")
-    parser.add_argument("--sections", type=int, default=2, help="sections (ids) per machine")
-    parser.add_argument("--n-train", type=int, default=30,
-                        help="normal training clips per section (source domain in dcase2022)")
-    parser.add_argument("--n-train-target", type=int, default=3,
-                        help="dcase2022: target-domain training clips per section")
-    parser.add_argument("--n-test", type=int, default=10,
-                        help="normal and anomalous test clips each, per section (and domain)")
-    parser.add_argument("--duration", type=float, default=2.0, help="clip length in seconds")
-    parser.add_argument("--sample-rate", type=int, default=16000)
-    args = parser.parse_args(argv)
-    try:
-        for machine in args.machines:
-            generation_params(machine, args.layout, args.seed, args.sections, args.n_train,
-                              args.n_train_target, args.n_test, args.duration, args.sample_rate)
-    except ValueError as err:
-        parser.error(str(err))
-    for machine in args.machines:
-        params = generation_params(machine, args.layout, args.seed, args.sections, args.n_train,
-                                   args.n_train_target, args.n_test, args.duration,
-                                   args.sample_rate)
-        already = is_complete(machine_folder(args.out, machine, args.layout), params)
-        folder = generate_machine(args.out, machine, args.layout, args.seed, args.sections,
-                                  args.n_train, args.n_train_target, args.n_test, args.duration,
-                                  args.sample_rate)
-        count = len(plan_machine(params))
-        status = "already complete" if already else "written"
-        print(f"{machine}: {count} clips of {args.duration:g} s, {args.sections} sections, "
-              f"layout {args.layout} -> {folder} ({status})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -155,8 +155,9 @@ def evaluate_audio_scores(
         if with_domains:
             kept_domains = [d for d, k in zip(domain_list, keep) if k]
             for domain in DOMAINS:
-                values[f"auc_{domain}/{section}"] = domain_auc(y[keep], s[keep], kept_domains,
-                                                               domain)
+                values[f"auc_{domain}/{section}"] = domain_auc(
+                    y[keep], s[keep], kept_domains, domain
+                )
             harmonic_terms += [values[f"auc_source/{section}"], values[f"auc_target/{section}"]]
         else:
             harmonic_terms.append(values[f"auc/{section}"])

@@ -44,7 +44,6 @@ then mapped to [-1, 1] for the tanh generator).
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Literal
 
@@ -52,12 +51,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, autograd, nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
-from clad.models.base import Detector, resolve_device, seeded_generator
+from clad.models.base import TrainedDetector
+from clad.records import Scores
 from clad.registry import register_detector
-from clad.types import Scores
 
 GENERATOR_SCORES = tuple(
     f"G-{space}-{distance}-{pooling}"
@@ -90,8 +88,7 @@ def stage_count(height: int, width: int) -> int:
     stages = int(math.log2(small)) - 2
     if max(height, width) % 2**stages:
         raise ValueError(
-            f"AEGAN-AD patch {height} x {width}: the larger side must be a multiple of "
-            f"{2**stages}"
+            f"AEGAN-AD patch {height} x {width}: the larger side must be a multiple of {2**stages}"
         )
     return stages
 
@@ -241,7 +238,7 @@ def pool(values: Tensor, pooling: str) -> Tensor:
 
 
 @register_detector("aegan")
-class AEGAN(Detector):
+class AEGAN(TrainedDetector):
     """AEGAN-AD on log-mel spectrograms: see the module docstring.
 
     Args:
@@ -282,10 +279,18 @@ class AEGAN(Detector):
         device: str = "auto",
         num_workers: int = 0,
     ) -> None:
-        for name, value in (("patch_hop", patch_hop), ("patches_per_clip", patches_per_clip),
-                            ("nz", nz), ("ndf", ndf), ("ngf", ngf), ("n_critic", n_critic),
-                            ("lof_neighbors", lof_neighbors), ("knn_neighbors", knn_neighbors),
-                            ("epochs", epochs), ("batch_size", batch_size)):
+        for name, value in (
+            ("patch_hop", patch_hop),
+            ("patches_per_clip", patches_per_clip),
+            ("nz", nz),
+            ("ndf", ndf),
+            ("ngf", ngf),
+            ("n_critic", n_critic),
+            ("lof_neighbors", lof_neighbors),
+            ("knn_neighbors", knn_neighbors),
+            ("epochs", epochs),
+            ("batch_size", batch_size),
+        ):
             if value < 1:
                 raise ValueError(f"aegan: {name} must be at least 1, got {value}")
         if score not in SCORE_NAMES:
@@ -296,17 +301,19 @@ class AEGAN(Detector):
         self.gp_weight, self.n_critic = gradient_penalty, n_critic
         self.score = score
         self.lof_neighbors, self.knn_neighbors = lof_neighbors, knn_neighbors
-        self.epochs, self.batch_size, self.lr, self.patience = epochs, batch_size, lr, patience
-        self.device = resolve_device(device)
-        self.num_workers = num_workers
-        self.network = nn.ModuleDict({
-            "generator": Generator(n_mels, patch_frames, nz, ndf, ngf),
-            "discriminator": Discriminator(n_mels, patch_frames, ndf),
-        })
+        super().__init__(
+            epochs, batch_size, lr, patience, device, num_workers, mixed_precision=False
+        )
+        self.network = nn.ModuleDict(
+            {
+                "generator": Generator(n_mels, patch_frames, nz, ndf, ngf),
+                "discriminator": Discriminator(n_mels, patch_frames, ndf),
+            }
+        )
         self.network.apply(dcgan_init)
         self.network.to(self.device)
-        self.history: list[dict[str, float]] = []
         self.train_embeddings: Tensor | None = None  # [N, C] float32, CPU
+        self._critic_steps = 0
         self._lof = None
         self._knn = None
 
@@ -361,12 +368,21 @@ class AEGAN(Detector):
 
     # ------------------------------------------------------------------------- training
 
-    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            data, batch_size=self.batch_size, shuffle=shuffle,
-            generator=seeded_generator() if shuffle else None, num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
+    def make_optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        """(generator's Adam, critic's Adam), betas (0.5, 0.999) as the official code."""
+        betas = (0.5, 0.999)
+        return (
+            torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=betas),
+            torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=betas),
         )
+
+    def training_step(self, images: Tensor, optimizer: tuple) -> dict[str, float]:
+        """One critic update on ``patches_per_clip`` random patches per clip, and a generator
+        update every ``n_critic`` critic steps (counted over the whole ``fit``)."""
+        real = self._random_patches(self._spectrogram(images))
+        record = self._train_step(real, self._critic_steps, optimizer)
+        self._critic_steps += 1
+        return record
 
     def _train_step(self, real: Tensor, step: int, optimizers: tuple) -> dict[str, float]:
         """One critic update (and a generator update every ``n_critic`` steps) on [P, 1, H, W]."""
@@ -404,56 +420,24 @@ class AEGAN(Detector):
             record.update(loss_g=loss_g.item(), recon=reconstruction.item())
         return record
 
-    @torch.no_grad()
-    def validation_loss(self, data: Dataset) -> float:
-        """Mean squared reconstruction error of every patch (at ``patch_hop``) of ``data``."""
-        self.network.eval()
-        total, count = 0.0, 0
-        for clips, _, _ in self._loader(data, shuffle=False):
-            spec = self._spectrogram(clips)
-            patches = self._cut(spec, self._offsets(spec.shape[2]))
-            patches = patches.reshape(-1, 1, self.n_mels, self.patch_frames)  # [B * P, 1, H, W]
-            for chunk in patches.split(PATCH_CHUNK):
-                total += float((self.generator(chunk) - chunk).square().mean()) * len(chunk)
-                count += len(chunk)
-        return total / max(count, 1)
+    def loss(self, images: Tensor) -> Tensor:
+        """Mean squared reconstruction error of every patch (at ``patch_hop``) of the clips
+        ``images``: the model-selection loss (training is adversarial, ``training_step``)."""
+        spec = self._spectrogram(images)
+        patches = self._cut(spec, self._offsets(spec.shape[2]))
+        patches = patches.reshape(-1, 1, self.n_mels, self.patch_frames)  # [B * P, 1, H, W]
+        total = sum(
+            float((self.generator(chunk) - chunk).square().mean()) * len(chunk)
+            for chunk in patches.split(PATCH_CHUNK)
+        )
+        return torch.tensor(total / len(patches))
 
     def fit(self, train: Dataset, val: Dataset | None = None) -> None:
-        """Adversarial training on ``train`` (continuing from the current weights), early stopping
-        on ``val``'s reconstruction MSE, then the embedding bank of ``train`` for D-LOF/D-KNN."""
-        if len(train) == 0:
-            raise ValueError("aegan.fit: the training set is empty")
-        betas = (0.5, 0.999)
-        optimizers = (
-            torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=betas),
-            torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=betas),
-        )
-        best_loss, best_state, stale = math.inf, None, 0
-        bar = tqdm(range(self.epochs), desc="fit aegan", leave=False)
-        for epoch in bar:
-            self.network.train()
-            sums: dict[str, float] = {}
-            steps = 0
-            for step, (clips, _, _) in enumerate(self._loader(train, shuffle=True)):
-                real = self._random_patches(self._spectrogram(clips))
-                for key, value in self._train_step(real, step, optimizers).items():
-                    sums[key] = sums.get(key, 0.0) + value
-                steps += 1
-            record = {"epoch": epoch, **{k: v / steps for k, v in sums.items()}}
-            if val is not None and len(val) > 0:
-                record["val_recon"] = self.validation_loss(val)
-                if record["val_recon"] < best_loss:
-                    best_loss, stale = record["val_recon"], 0
-                    best_state = copy.deepcopy(self.network.state_dict())
-                else:
-                    stale += 1
-            self.history.append(record)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "epoch"})
-            if self.patience > 0 and stale >= self.patience:
-                break
-        if best_state is not None:
-            self.network.load_state_dict(best_state)
-        self.network.eval()
+        """Adversarial training on ``train`` with the shared loop (continuing from the current
+        weights; early stopping on ``val``'s reconstruction MSE), then the embedding bank of
+        ``train`` for D-LOF/D-KNN."""
+        self._critic_steps = 0
+        super().fit(train, val)
         self.train_embeddings = self._embeddings(train)
         self._fit_neighbours()
 
@@ -497,8 +481,10 @@ class AEGAN(Detector):
     @torch.no_grad()
     def _embeddings(self, data: Dataset) -> Tensor:
         """Clip embeddings [N, C] (CPU float32) of a dataset."""
-        rows = [self._analyse(clips)["embedding"].cpu() for clips, _, _ in
-                self._loader(data, shuffle=False)]
+        rows = [
+            self._analyse(clips)["embedding"].cpu()
+            for clips, _, _ in self._loader(data, shuffle=False)
+        ]
         return torch.cat(rows).float()
 
     def _fit_neighbours(self) -> None:
@@ -507,13 +493,16 @@ class AEGAN(Detector):
         from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 
         bank = self.train_embeddings.double().numpy()
-        self._knn = NearestNeighbors(n_neighbors=min(self.knn_neighbors, len(bank)),
-                                     metric="cosine").fit(bank)
+        self._knn = NearestNeighbors(
+            n_neighbors=min(self.knn_neighbors, len(bank)), metric="cosine"
+        ).fit(bank)
         self._lof = None
         if len(bank) >= 2:
             self._lof = LocalOutlierFactor(
-                n_neighbors=min(self.lof_neighbors, len(bank) - 1), metric="cosine",
-                novelty=True, contamination=1e-6,
+                n_neighbors=min(self.lof_neighbors, len(bank) - 1),
+                metric="cosine",
+                novelty=True,
+                contamination=1e-6,
             ).fit(bank)
 
     def _embedding_score(self, embedding: Tensor, method: str) -> Tensor:
@@ -545,8 +534,9 @@ class AEGAN(Detector):
         """Scores of clips x [B, C, n_mels, frames]: image = the ``score`` variant [B];
         pixel = the squared-error map [B, n_mels, frames]."""
         analysis = self._analyse(x)
-        return Scores(image=self._score_from(analysis, self.score),
-                      pixel=analysis["map"].float().cpu())
+        return Scores(
+            image=self._score_from(analysis, self.score), pixel=analysis["map"].float().cpu()
+        )
 
     # ------------------------------------------------------------------------- state
 

@@ -93,10 +93,10 @@ from torch.utils.data import Dataset, TensorDataset
 from clad.models.base import TrainedDetector
 from clad.models.components.backbone import LAYERS, FeatureExtractor
 from clad.models.components.flows import run_flow
+from clad.models.components.precision import autocast_bf16
 from clad.models.components.ssim import gaussian_smooth
-from clad.models.stfpm import autocast_for
+from clad.records import Scores
 from clad.registry import register_detector
-from clad.types import Scores
 
 InputMode = Literal["rgb", "depth", "rgb+depth"]
 INPUT_CHANNELS = {"rgb": 3, "depth": 2, "rgb+depth": 5}
@@ -307,15 +307,16 @@ class ASTNetwork(nn.Module):
         self.extractor = FeatureExtractor(backbone, layers, weights) if self.uses_rgb else None
         self.depth_downscale, self.depth_gain = depth_downscale, depth_gain
         self.feature_channels = (
-            (sum(LAYERS[backbone][layer][0] for layer in layers) if self.uses_rgb else 0)
-            + (depth_downscale**2 if self.uses_depth else 0)
-        )
+            sum(LAYERS[backbone][layer][0] for layer in layers) if self.uses_rgb else 0
+        ) + (depth_downscale**2 if self.uses_depth else 0)
         self.pos_enc_dim = pos_enc_dim
         self.teacher = conditional_flow(
             self.feature_channels, pos_enc_dim, kernel_sizes, teacher_hidden, clamp
         )
         self.student = Student(
-            self.feature_channels + pos_enc_dim, self.feature_channels, student_hidden,
+            self.feature_channels + pos_enc_dim,
+            self.feature_channels,
+            student_hidden,
             student_blocks,
         )
 
@@ -334,11 +335,12 @@ class ASTNetwork(nn.Module):
         grid = self.grid(*x.shape[-2:])
         parts = []
         if self.uses_rgb:
-            with autocast_for(x.device):
+            with autocast_bf16(x.device):
                 feats = self.extractor(x[:, :3])
             parts += [
                 F.interpolate(f.float(), size=grid, mode="bilinear", align_corners=False)
-                if f.shape[-2:] != grid else f.float()
+                if f.shape[-2:] != grid
+                else f.float()
                 for f in feats
             ]  # each [B, C_l, h, w]
         if self.uses_depth:
@@ -349,7 +351,10 @@ class ASTNetwork(nn.Module):
             centred = self.depth_gain * fg * (height - mean)  # background at the mean
             k = self.depth_downscale
             cells = F.interpolate(
-                centred, size=(grid[0] * k, grid[1] * k), mode="bilinear", align_corners=False,
+                centred,
+                size=(grid[0] * k, grid[1] * k),
+                mode="bilinear",
+                align_corners=False,
                 antialias=True,
             )  # [B, 1, k h, k w]
             parts.append(F.pixel_unshuffle(cells, k))  # [B, k^2, h, w]
@@ -443,9 +448,18 @@ class AST(TrainedDetector):
         self.input_mode = input_mode
         self.network = (
             ASTNetwork(
-                input_mode, backbone, tuple(layers), weights, tuple(kernel_sizes),
-                teacher_hidden, clamp, pos_enc_dim, student_hidden, student_blocks,
-                depth_downscale, depth_gain,
+                input_mode,
+                backbone,
+                tuple(layers),
+                weights,
+                tuple(kernel_sizes),
+                teacher_hidden,
+                clamp,
+                pos_enc_dim,
+                student_hidden,
+                student_blocks,
+                depth_downscale,
+                depth_gain,
             )
             .to(self.device)
             .eval()
@@ -511,18 +525,18 @@ class AST(TrainedDetector):
             batch = self.network.encode(batch)
         return batch[:, :-1], batch[:, -1]
 
-    def training_loss(self, images: Tensor) -> Tensor:
+    def loss(self, images: Tensor) -> dict[str, Tensor]:
+        """The phase's loss, logged also as ``<phase>_loss``: the teacher's masked flow NLL, or
+        the student's masked distance to the teacher's latent."""
         features, weight = self._split(images)
         if self.phase == "teacher":
             z, log_det = self.network.teacher_latent(features)
-            return masked_flow_nll(z, log_det, weight)
-        with torch.no_grad():
-            target, _ = self.network.teacher_latent(features)
-        return (weight * st_distance(target, self.network.student_output(features))).mean()
-
-    def training_step(self, images: Tensor, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        logs = super().training_step(images, optimizer)
-        return {**logs, f"{self.phase}_loss": logs["loss"]}
+            value = masked_flow_nll(z, log_det, weight)
+        else:
+            with torch.no_grad():
+                target, _ = self.network.teacher_latent(features)
+            value = (weight * st_distance(target, self.network.student_output(features))).mean()
+        return {"loss": value, f"{self.phase}_loss": value}
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Scores:

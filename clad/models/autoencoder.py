@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from clad.models.base import TrainedDetector
 from clad.models.components.ssim import gaussian_smooth, ssim_distance_map, top_fraction_mean
+from clad.records import Scores
 from clad.registry import register_detector
-from clad.types import Scores
 
 WIDTHS = (32, 64, 128, 256)  # channels at strides 2, 4, 8, 16
 
@@ -84,9 +84,7 @@ class UNetAutoencoder(nn.Module):
         self.downs = nn.ModuleList([down(3, c1), down(c1, c2), down(c2, c3), down(c3, c4)])
         self.bottleneck = bottleneck(c4, latent_channels)
         widths = (c4, c3, c2)  # decoder input width at strides 16, 8, 4
-        self.fuse = nn.ModuleList(
-            [nn.Conv2d(2 * c, c, 1) for c in widths[:skip_levels]]
-        )
+        self.fuse = nn.ModuleList([nn.Conv2d(2 * c, c, 1) for c in widths[:skip_levels]])
         self.ups = nn.ModuleList([up(c4, c3), up(c3, c2), up(c2, c1)])
         self.head = nn.ConvTranspose2d(c1, 3, 4, stride=2, padding=1)
 
@@ -134,7 +132,7 @@ class ReconstructionDetector(TrainedDetector):
                 "set dataset.image_size (or crop_size) to a multiple of 16"
             )
 
-    def training_loss(self, images: Tensor) -> Tensor:
+    def loss(self, images: Tensor) -> Tensor:
         self._check_size(images)
         return (self.network(images) - images).abs().mean()
 
@@ -174,8 +172,16 @@ class ConvAE(ReconstructionDetector):
         num_workers: int = 0,
     ) -> None:
         super().__init__(
-            ConvAutoencoder(latent_channels), anomaly_map, image_score, smoothing_sigma,
-            epochs, batch_size, lr, patience, device, num_workers,
+            ConvAutoencoder(latent_channels),
+            anomaly_map,
+            image_score,
+            smoothing_sigma,
+            epochs,
+            batch_size,
+            lr,
+            patience,
+            device,
+            num_workers,
         )
 
 
@@ -198,6 +204,14 @@ class UNetAE(ReconstructionDetector):
         num_workers: int = 0,
     ) -> None:
         super().__init__(
-            UNetAutoencoder(latent_channels, skip_levels), anomaly_map, image_score,
-            smoothing_sigma, epochs, batch_size, lr, patience, device, num_workers,
+            UNetAutoencoder(latent_channels, skip_levels),
+            anomaly_map,
+            image_score,
+            smoothing_sigma,
+            epochs,
+            batch_size,
+            lr,
+            patience,
+            device,
+            num_workers,
         )

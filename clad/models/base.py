@@ -6,6 +6,7 @@ import contextlib
 import copy
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -13,7 +14,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from clad.types import Scores
+from clad.models.components.precision import autocast
+from clad.records import Scores
 
 
 def resolve_device(device: str) -> torch.device:
@@ -21,13 +23,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """float16 autocast on CUDA when ``enabled``; a no-op on CPU (CPU training stays float32)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
 
 
 def seeded_generator() -> torch.Generator:
@@ -72,8 +67,8 @@ class Detector(ABC):
 class TrainedDetector(Detector):
     """A detector whose network is trained by gradient descent on normal images.
 
-    The loop: Adam, ``epochs`` passes over ``train`` in seeded shuffled batches (so replay samples
-    mix with the current task's), validation loss on ``val`` (normal images held out from
+    The loop: ``epochs`` passes over ``train`` in seeded shuffled batches (so replay samples mix
+    with the current task's), the validation loss on ``val`` (normal images held out from
     training) after every epoch; the weights with the lowest validation loss are kept, and
     training stops after ``patience`` epochs without improvement (``patience = 0`` disables early
     stopping). Without ``val`` the last epoch's weights are kept.
@@ -82,19 +77,25 @@ class TrainedDetector(Detector):
     gradients go through a ``GradScaler``; on CPU everything is float32. Batches come from
     pinned memory on CUDA.
 
-    Hooks for subclasses (all optional except ``training_loss``):
-        ``make_optimizer()``: the optimizer (Adam over ``network`` by default). It may return
-            anything ``training_step`` understands, e.g. a tuple of optimizers.
+    One hook is required:
+        ``loss(images)``: the objective on a batch of normal images, a scalar tensor or a dict of
+            named terms with ``"loss"`` among them (every term is logged, averaged per epoch into
+            ``history`` as ``train_<key>``). Training minimises it and model selection watches
+            it on the validation images, in eval mode and without gradients; random draws in it
+            come from ``noise()``, fixed for validation passes so their losses compare.
+    Optional hooks:
+        ``make_optimizer()``: Adam over ``network`` by default; it may return anything
+            ``training_step`` understands, e.g. a tuple of optimizers.
         ``make_scheduler(optimizer)``: an LR scheduler stepped once per epoch, or None.
-        ``training_step(images, optimizer)``: one update; returns the batch's logs (floats,
-            ``"loss"`` among them), averaged per epoch into ``history`` as ``train_<key>``.
-            Override it for several optimizers or extra logged terms; use ``backward_step``.
-        ``validation_loss(images)``: the model-selection loss (no gradients, eval mode).
-        ``start_validation()``: called before each validation pass (e.g. to reseed a generator
-            so the validation loss is comparable across epochs).
+        ``training_step(images, optimizer)``: one update; by default one step on ``loss``.
+            Override it for updates one loss cannot express (adversarial pairs: RDNA, AEGAN-AD);
+            use ``backward_step``.
+        ``validation_loss(images)``: the model-selection loss when it is not ``loss`` (EfficientAD
+            validates without its augmentation and penalty).
     """
 
     network: nn.Module
+    val_seed: int = 0  # seed of ``noise()`` during validation passes
 
     def __init__(
         self,
@@ -115,14 +116,16 @@ class TrainedDetector(Detector):
         self.mixed_precision = mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.mixed_precision)
         self.history: list[dict[str, float]] = []
+        self._validation_noise: torch.Generator | None = None
 
     @abstractmethod
-    def training_loss(self, images: Tensor) -> Tensor:
-        """Mean loss of a batch of normal images [B, 3, H, W] (network in train mode)."""
+    def loss(self, images: Tensor) -> Tensor | Mapping[str, Tensor]:
+        """The objective on a batch of normal images [B, C, H, W]: a scalar, or named terms
+        with ``"loss"`` among them."""
 
     def validation_loss(self, images: Tensor) -> Tensor:
-        """Loss used for model selection; by default the training loss in eval mode."""
-        return self.training_loss(images)
+        """Loss used for model selection; by default ``loss`` (its ``"loss"`` term)."""
+        return _total(self.loss(images))
 
     def make_optimizer(self) -> Any:
         return torch.optim.Adam(self.network.parameters(), lr=self.lr)
@@ -130,6 +133,12 @@ class TrainedDetector(Detector):
     def make_scheduler(self, optimizer: Any) -> torch.optim.lr_scheduler.LRScheduler | None:
         """An LR scheduler stepped after every epoch; None (constant LR) by default."""
         return None
+
+    def noise(self) -> torch.Generator:
+        """The generator for random draws inside ``loss``: during a validation pass one
+        generator seeded with ``val_seed`` at the pass's start (the same draws every epoch);
+        otherwise a fresh one seeded from the run's global torch RNG."""
+        return self._validation_noise or seeded_generator()
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed-precision context for forward passes (float16 on CUDA, no-op on CPU)."""
@@ -143,14 +152,12 @@ class TrainedDetector(Detector):
         self.scaler.update()
 
     def training_step(self, images: Tensor, optimizer: Any) -> dict[str, float]:
-        """One update on a batch [B, 3, H, W]; returns ``{"loss": ...}`` (and any extra logs)."""
+        """One update on a batch; returns the batch's terms as floats (``"loss"`` among them)."""
         with self.autocast():
-            loss = self.training_loss(images)
-        self.backward_step(loss, optimizer)
-        return {"loss": loss.item()}
-
-    def start_validation(self) -> None:
-        """Called before every validation pass; nothing by default."""
+            terms = self.loss(images)
+        terms = terms if isinstance(terms, Mapping) else {"loss": terms}
+        self.backward_step(terms["loss"], optimizer)
+        return {key: value.item() for key, value in terms.items()}
 
     def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -163,16 +170,20 @@ class TrainedDetector(Detector):
         )
 
     @torch.no_grad()
-    def _mean_loss(self, data: Dataset) -> float:
+    def mean_loss(self, data: Dataset) -> float:
+        """``validation_loss`` averaged over ``data``'s images (eval mode, ``noise()`` fixed)."""
         self.network.eval()
-        self.start_validation()
+        self._validation_noise = torch.Generator().manual_seed(self.val_seed)
         total, count = 0.0, 0
-        for images, _, _ in self._loader(data, shuffle=False):
-            images = images.to(self.device)
-            with self.autocast():
-                loss = self.validation_loss(images)
-            total += float(loss) * len(images)
-            count += len(images)
+        try:
+            for images, _, _ in self._loader(data, shuffle=False):
+                images = images.to(self.device)
+                with self.autocast():
+                    loss = self.validation_loss(images)
+                total += float(loss) * len(images)
+                count += len(images)
+        finally:
+            self._validation_noise = None
         return total / max(count, 1)
 
     def fit(self, train: Dataset, val: Dataset | None = None) -> None:
@@ -192,17 +203,17 @@ class TrainedDetector(Detector):
         for epoch in bar:
             self.network.train()
             sums: dict[str, float] = {}
-            seen = 0
+            seen: dict[str, int] = {}  # images behind each logged term
             for images, _, _ in self._loader(train, shuffle=True):
                 images = images.to(self.device, non_blocking=True)
                 for key, value in self.training_step(images, optimizer).items():
                     sums[key] = sums.get(key, 0.0) + value * len(images)
-                seen += len(images)
+                    seen[key] = seen.get(key, 0) + len(images)
             if scheduler is not None:
                 scheduler.step()
-            record = {"epoch": epoch, **{f"train_{k}": v / seen for k, v in sums.items()}}
+            record = {"epoch": epoch, **{f"train_{k}": v / seen[k] for k, v in sums.items()}}
             if val is not None and len(val) > 0:
-                val_loss = self._mean_loss(val)
+                val_loss = self.mean_loss(val)
                 record["val_loss"] = val_loss
                 if val_loss < best_loss:
                     best_loss, stale = val_loss, 0
@@ -224,3 +235,8 @@ class TrainedDetector(Detector):
         self.network.load_state_dict(state["network"])
         self.history = list(state["history"])
         self.network.to(self.device)
+
+
+def _total(terms: Tensor | Mapping[str, Tensor]) -> Tensor:
+    """The scalar of ``loss``'s result: itself, or its ``"loss"`` term."""
+    return terms["loss"] if isinstance(terms, Mapping) else terms

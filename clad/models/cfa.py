@@ -51,12 +51,12 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from clad.models.base import TrainedDetector
-from clad.models.components.backbone import FeatureExtractor
+from clad.models.components.backbone import FeatureExtractor, pyramid_layers
 from clad.models.components.coreset import greedy_coreset
+from clad.models.components.precision import autocast_bf16
 from clad.models.components.ssim import gaussian_smooth
-from clad.models.stfpm import autocast_for, pyramid_layers
+from clad.records import Scores
 from clad.registry import register_detector
-from clad.types import Scores
 
 MAX_INIT_FEATURES = 65_536  # descriptors sampled for memory initialisation
 DISTANCE_CHUNK = 8_192  # rows per block when computing feature-to-memory distances
@@ -116,7 +116,7 @@ class CFANetwork(nn.Module):
 
     def descriptors(self, x: Tensor) -> Tensor:
         """``x`` [B, 3, H, W] -> patch descriptors [B, D, h, w] at the first stage's size."""
-        with autocast_for(x.device):
+        with autocast_bf16(x.device):
             feats = self.extractor(x)
         size = feats[0].shape[-2:]
         pooled = [
@@ -245,7 +245,7 @@ class CFA(TrainedDetector):
         phi = self.network(images)  # [B, h, w, D']
         return squared_distances(phi, self.memory).topk(count, dim=-1, largest=False).values
 
-    def training_loss(self, images: Tensor) -> Tensor:
+    def loss(self, images: Tensor) -> Tensor:
         k = self.k_nearest
         dist = self._nearest(images, k + self.j_negatives)  # [B, h, w, K+J]
         r2 = self.network.radius.pow(2)

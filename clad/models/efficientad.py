@@ -77,16 +77,17 @@ import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from clad.benchmarks.anomaly_sources import PenaltyImages
 from clad.models.base import TrainedDetector, seeded_generator
+from clad.models.components.anomaly_sources import PenaltyImages
 from clad.models.components.backbone import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    PATCHCORE_LAYERS,
+    MID_STRIDES,
     FeatureExtractor,
+    pyramid_layers,
 )
+from clad.records import Scores
 from clad.registry import register_detector
-from clad.types import Scores
 
 log = logging.getLogger(__name__)
 
@@ -145,15 +146,17 @@ class Autoencoder(nn.Module):
         def down(c_in: int, c_out: int) -> list[nn.Module]:
             return [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
 
-        self.encoder = nn.Sequential(*down(3, 32), *down(32, 32), *down(32, 64), *down(64, 64),
-                                     *down(64, 64))
+        self.encoder = nn.Sequential(
+            *down(3, 32), *down(32, 32), *down(32, 64), *down(64, 64), *down(64, 64)
+        )
         self.code = nn.Conv2d(64, 64, 8)  # [B, 64, 8, 8] -> [B, 64, 1, 1]
         self.decoder = nn.ModuleList(
             nn.Sequential(nn.Conv2d(64, 64, 4, padding=2), nn.ReLU(inplace=True), nn.Dropout(0.2))
             for _ in self.DECODER_SIZES
         )  # each: side -> side + 1
         self.head = nn.Sequential(
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.ReLU(inplace=True),
             nn.Conv2d(64, out_channels, 3, padding=1),
         )
 
@@ -296,7 +299,7 @@ class EfficientAD(TrainedDetector):
         self.network = EfficientADNetwork(out_channels, padding, pdn_width).to(self.device)
         self.backbone = backbone
         self.weights = weights
-        self.distill_layers = tuple(distill_layers or PATCHCORE_LAYERS[backbone])
+        self.distill_layers = pyramid_layers(backbone, distill_layers, MID_STRIDES)
         self.distill_steps = distill_steps
         self.distill_lr = distill_lr
         self.weight_decay = weight_decay
@@ -339,13 +342,19 @@ class EfficientAD(TrainedDetector):
         docstring) for ``distill_steps`` steps."""
         side = tuple(train[0][0].shape[-2:])
         images = self.penalty.resized(side) if self.penalty is not None else train
-        where = f"ImageNet images under {self.penalty.root}" if self.penalty else (
-            "the first task's training images (no imagenet_train_path)"
+        where = (
+            f"ImageNet images under {self.penalty.root}"
+            if self.penalty
+            else ("the first task's training images (no imagenet_train_path)")
         )
         log.warning(
             "EfficientAD: no teacher_weights given; distilling the PDN teacher from %s (%s "
             "weights, layers %s) for %d steps on %s",
-            self.backbone, self.weights, ", ".join(self.distill_layers), self.distill_steps, where,
+            self.backbone,
+            self.weights,
+            ", ".join(self.distill_layers),
+            self.distill_steps,
+            where,
         )
         extractor = FeatureExtractor(self.backbone, self.distill_layers, self.weights)
         extractor.to(self.device)
@@ -369,13 +378,20 @@ class EfficientAD(TrainedDetector):
             return joint.reshape(b, h, w, c).permute(0, 3, 1, 2)  # [B, C, h, w]
 
         loader = DataLoader(
-            images, batch_size=self.batch_size, shuffle=True, generator=seeded_generator(),
-            num_workers=self.num_workers, pin_memory=self.device.type == "cuda", drop_last=False,
+            images,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=seeded_generator(),
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=False,
         )
         batches = cycle(loader)
         stats = torch.cat(
-            [targets(_images_only(next(batches)).to(self.device)) for _ in range(
-                min(DISTILL_STAT_BATCHES, self.distill_steps))]
+            [
+                targets(_images_only(next(batches)).to(self.device))
+                for _ in range(min(DISTILL_STAT_BATCHES, self.distill_steps))
+            ]
         )  # [N, C, h, w]
         mean = stats.mean(dim=(0, 2, 3), keepdim=True)
         std = stats.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
@@ -388,8 +404,12 @@ class EfficientAD(TrainedDetector):
             loss = F.mse_loss(out.float(), target)
             self.backward_step(loss, optimizer)
             if step == 0 or (step + 1) % max(1, self.distill_steps // 5) == 0:
-                log.info("EfficientAD distillation step %d/%d: mse %.4f", step + 1,
-                         self.distill_steps, loss.item())
+                log.info(
+                    "EfficientAD distillation step %d/%d: mse %.4f",
+                    step + 1,
+                    self.distill_steps,
+                    loss.item(),
+                )
         teacher.requires_grad_(False).eval()
         self.network.teacher_ready.fill_(True)
 
@@ -450,21 +470,14 @@ class EfficientAD(TrainedDetector):
         terms["loss"] = sum(terms.values())
         return terms
 
-    def training_loss(self, images: Tensor) -> Tensor:
-        return self.training_terms(images)["loss"]
-
-    def training_terms(self, images: Tensor) -> dict[str, Tensor]:
+    def loss(self, images: Tensor) -> dict[str, Tensor]:
+        """Every term (``hard``, ``ae``, ``stae``, ``penalty`` when on) and their sum ``loss``
+        on the batch and its colour-jittered copy."""
         penalty = None
         if self._penalty_batches is not None:
             penalty = next(self._penalty_batches)[: len(images)].to(self.device, non_blocking=True)
         augmented = jitter_colours(images, seeded_generator())
         return self.losses(images, augmented, penalty)
-
-    def training_step(self, images: Tensor, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        with self.autocast():
-            terms = self.training_terms(images)
-        self.backward_step(terms["loss"], optimizer)
-        return {key: value.item() for key, value in terms.items()}
 
     def validation_loss(self, images: Tensor) -> Tensor:
         return self.losses(images, images, None)["loss"]
@@ -480,8 +493,12 @@ class EfficientAD(TrainedDetector):
         if self.penalty is not None:
             penalty = self.penalty.resized(tuple(train[0][0].shape[-2:]))
             loader = DataLoader(
-                penalty, batch_size=self.batch_size, shuffle=True, generator=seeded_generator(),
-                num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                penalty,
+                batch_size=self.batch_size,
+                shuffle=True,
+                generator=seeded_generator(),
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
             )
             self._penalty_batches = cycle(loader)
         try:
@@ -504,10 +521,16 @@ class EfficientAD(TrainedDetector):
             ae.append(map_ae)
         maps_st, maps_ae = torch.cat(st), torch.cat(ae)
         q_a, q_b = MAP_QUANTILES
-        self.network.quantiles.copy_(torch.stack([
-            quantile(maps_st, q_a), quantile(maps_st, q_b),
-            quantile(maps_ae, q_a), quantile(maps_ae, q_b),
-        ]))
+        self.network.quantiles.copy_(
+            torch.stack(
+                [
+                    quantile(maps_st, q_a),
+                    quantile(maps_st, q_b),
+                    quantile(maps_ae, q_a),
+                    quantile(maps_ae, q_b),
+                ]
+            )
+        )
 
     # ------------------------------------------------------------------ scoring
 

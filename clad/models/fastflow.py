@@ -43,11 +43,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clad.models.base import TrainedDetector
-from clad.models.components.backbone import FeatureExtractor
+from clad.models.components.backbone import FeatureExtractor, pyramid_layers
 from clad.models.components.flows import flow_2d, gaussian_nll, position_nll, run_flow
-from clad.models.stfpm import autocast_for, pyramid_layers
+from clad.models.components.precision import autocast_bf16
+from clad.records import Scores
 from clad.registry import register_detector
-from clad.types import Scores
 
 
 class FastFlowNetwork(nn.Module):
@@ -72,7 +72,7 @@ class FastFlowNetwork(nn.Module):
 
     def features(self, x: Tensor) -> list[Tensor]:
         """``x`` [B, 3, H, W] -> per scale LayerNorm-ed features [B, C_s, h_s, w_s], float32."""
-        with autocast_for(x.device):
+        with autocast_bf16(x.device):
             feats = self.extractor(x)
         return [F.layer_norm(f.float(), f.shape[1:]) for f in feats]
 
@@ -141,7 +141,7 @@ class FastFlow(TrainedDetector):
             self.network.flows.parameters(), lr=self.lr, weight_decay=self.weight_decay
         )
 
-    def training_loss(self, images: Tensor) -> Tensor:
+    def loss(self, images: Tensor) -> Tensor:
         zs, log_dets = self.network(images)
         return sum(gaussian_nll(z, j).mean() for z, j in zip(zs, log_dets, strict=True))
 

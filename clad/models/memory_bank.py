@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from clad.models.base import Detector, resolve_device
 from clad.models.components.backbone import FeatureExtractor
-from clad.types import Scores
+from clad.records import Scores
 
 Memory = dict[str, Tensor]
 

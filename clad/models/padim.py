@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from clad.models.components.backbone import LAYERS, PADIM_LAYERS, FeatureExtractor
+from clad.models.components.backbone import LAYERS, FeatureExtractor, pyramid_layers
 from clad.models.components.gaussian import (
     Accumulator,
     add_stats,
@@ -35,8 +35,8 @@ from clad.models.components.gaussian import (
 )
 from clad.models.components.ssim import gaussian_smooth
 from clad.models.memory_bank import Memory, MemoryBankDetector
+from clad.records import Scores
 from clad.registry import register_detector
-from clad.types import Scores
 
 Backbone = Literal["efficientnet_lite0", "resnet18", "wide_resnet50_2"]
 
@@ -69,7 +69,7 @@ class Padim(MemoryBankDetector):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, device=device, num_workers=num_workers)
-        self.layers = tuple(layers) if layers else PADIM_LAYERS[backbone]
+        self.layers = pyramid_layers(backbone, layers)
         self.extractor = FeatureExtractor(backbone, self.layers, weights).to(self.device)
         total = sum(LAYERS[backbone][layer][0] for layer in self.layers)
         if n_features < 1:

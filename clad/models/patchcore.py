@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from clad.models.components.backbone import PATCHCORE_LAYERS, FeatureExtractor
+from clad.models.components.backbone import MID_STRIDES, FeatureExtractor, pyramid_layers
 from clad.models.components.coreset import (
     CoresetMethod,
     coreset_size,
@@ -47,8 +47,8 @@ from clad.models.components.coreset import (
 from clad.models.components.knn import KnnBackend, KnnIndex
 from clad.models.components.ssim import gaussian_smooth
 from clad.models.memory_bank import Memory, MemoryBankDetector
+from clad.records import Scores
 from clad.registry import register_detector
-from clad.types import Scores
 
 Backbone = Literal["efficientnet_lite0", "resnet18", "wide_resnet50_2"]
 
@@ -106,7 +106,7 @@ class PatchCore(MemoryBankDetector):
             raise ValueError(f"patchcore.coreset_ratio must be in (0, 1], got {coreset_ratio}")
         if num_neighbors < 1 or projection_dim < 1:
             raise ValueError("patchcore.num_neighbors and projection_dim must be >= 1")
-        self.layers = tuple(layers) if layers else PATCHCORE_LAYERS[backbone]
+        self.layers = pyramid_layers(backbone, layers, MID_STRIDES)
         self.extractor = FeatureExtractor(backbone, self.layers, weights).to(self.device)
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim

@@ -11,8 +11,8 @@ DRAEM-derived (DRAEM's data script and arguments; Adam, lr 1e-4, batch size 4; c
 DRAEM (``clad.models.draem``) with two discriminators.
 
 Per batch of normal images ``I`` [B, 3, H, W], DRAEM's synthesis
-(``clad.models.draem.synthesize_anomalies``) gives anomalous images ``I_a`` and masks ``M``
-[B, 1, H, W] (half of the images are left unchanged, with empty masks). Then
+(``clad.models.components.draem.synthesize_anomalies``) gives anomalous images ``I_a`` and masks
+``M`` [B, 1, H, W] (half of the images are left unchanged, with empty masks). Then
 ``R = R(I_a)`` (DRAEM's reconstructive sub-network) and ``P = softmax(S([R, I_a]))_1``
 [B, 1, H, W] (DRAEM's discriminative U-Net, the segmentation network). The discriminators are
 PatchGAN critics (pix2pix: one logit per overlapping patch): ``D_r`` reads images,
@@ -77,10 +77,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clad.benchmarks.anomaly_sources import texture_source
-from clad.models.base import TrainedDetector, seeded_generator
-from clad.models.components.ssim import gaussian_smooth
-from clad.models.draem import (
+from clad.models.base import TrainedDetector
+from clad.models.components.anomaly_sources import texture_source
+from clad.models.components.draem import (
     SIDE_MULTIPLE,
     DiscriminativeSubNetwork,
     ReconstructiveSubNetwork,
@@ -91,8 +90,9 @@ from clad.models.draem import (
     synthesize_anomalies,
     window_max,
 )
+from clad.models.components.ssim import gaussian_smooth
+from clad.records import Scores
 from clad.registry import register_detector
-from clad.types import Scores
 
 GanLoss = Literal["bce", "lsgan"]
 
@@ -256,7 +256,6 @@ class RDNA(TrainedDetector):
         self.val_seed = val_seed
         self.milestones = milestones
         self.min_side = max(SIDE_MULTIPLE, 2 ** (disc_layers + 2))
-        self._val_generator = torch.Generator().manual_seed(val_seed)
 
     def _check_size(self, x: Tensor) -> None:
         height, width = x.shape[-2:]
@@ -304,10 +303,10 @@ class RDNA(TrainedDetector):
         _, _, rec, seg = self._supervised_terms(images, augmented, masks)
         return rec + seg
 
-    def training_loss(self, images: Tensor) -> Tensor:
-        """The supervised part ``L_rec + L_seg`` on fresh synthetic anomalies (the adversarial
-        updates live in ``training_step``)."""
-        return self._supervised_loss(images, seeded_generator())
+    def loss(self, images: Tensor) -> Tensor:
+        """The supervised part ``L_rec + L_seg`` on synthetic anomalies from ``noise()``: the
+        model-selection loss (the adversarial updates live in ``training_step``)."""
+        return self._supervised_loss(images, self.noise())
 
     def training_step(
         self, images: Tensor, optimizer: tuple[torch.optim.Optimizer, torch.optim.Optimizer]
@@ -319,7 +318,7 @@ class RDNA(TrainedDetector):
         network_opt, disc_opt = optimizer
         recon_disc, seg_disc = self.network.discriminators()
         augmented, masks = synthesize_anomalies(
-            images, self.source, seeded_generator(), self.anomaly_probability
+            images, self.source, self.noise(), self.anomaly_probability
         )
         with self.autocast():
             reconstruction, logits, rec, seg = self._supervised_terms(images, augmented, masks)
@@ -360,13 +359,6 @@ class RDNA(TrainedDetector):
             "disc_rec": disc_rec.item(),
             "disc_seg": disc_seg.item(),
         }
-
-    def start_validation(self) -> None:
-        self._val_generator = torch.Generator().manual_seed(self.val_seed)
-
-    def validation_loss(self, images: Tensor) -> Tensor:
-        """``L_rec + L_seg`` on the fixed validation anomalies (no adversarial terms)."""
-        return self._supervised_loss(images, self._val_generator)
 
     # ------------------------------------------------------------------------- scoring
 

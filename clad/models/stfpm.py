@@ -31,7 +31,6 @@ Where ours differs from the paper:
 
 from __future__ import annotations
 
-import contextlib
 from typing import Literal
 
 import torch
@@ -39,26 +38,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clad.models.base import TrainedDetector
-from clad.models.components.backbone import PADIM_LAYERS, FeatureExtractor
+from clad.models.components.backbone import FeatureExtractor, pyramid_layers
+from clad.models.components.precision import autocast_bf16
+from clad.records import Scores
 from clad.registry import register_detector
-from clad.types import Scores
-
-
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on CUDA (no loss scaling needed), nothing elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def pyramid_layers(backbone: str, layers: tuple[str, ...] | None) -> tuple[str, ...]:
-    """``layers``, or by default the backbone's three stages at strides 4, 8 and 16
-    (ResNet ``layer1..layer3``, efficientnet-lite0 ``blocks.1, blocks.2, blocks.4``)."""
-    if layers is not None:
-        return tuple(layers)
-    if backbone not in PADIM_LAYERS:
-        raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(PADIM_LAYERS)}")
-    return PADIM_LAYERS[backbone]
 
 
 def layer_distances(teacher: list[Tensor], student: list[Tensor]) -> list[Tensor]:
@@ -151,8 +134,8 @@ class STFPM(TrainedDetector):
             return torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=1e-4)
         return torch.optim.Adam(params, lr=self.lr)
 
-    def training_loss(self, images: Tensor) -> Tensor:
-        with autocast_for(self.device):
+    def loss(self, images: Tensor) -> Tensor:
+        with autocast_bf16(self.device):
             teacher, student = self.network(images)
         # sum over layers of 1/(2 h w) sum_ij ||t - s||^2, averaged over the batch
         return sum(d.mean(dim=(1, 2)) for d in layer_distances(teacher, student)).mean()
@@ -161,7 +144,7 @@ class STFPM(TrainedDetector):
     def predict(self, x: Tensor) -> Scores:
         self.network.eval()
         x = x.to(self.device)
-        with autocast_for(self.device):
+        with autocast_bf16(self.device):
             teacher, student = self.network(x)
         maps = [
             F.interpolate(d[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)

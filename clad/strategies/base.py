@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
 from clad.models.base import Detector
-from clad.types import Scores, Task
+from clad.records import Scores, Task
 
 DetectorFactory = Callable[[], Detector]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from clad.records import Task
 from clad.registry import register_strategy
 from clad.strategies.base import DetectorFactory, Strategy, concat
-from clad.types import Task
 
 
 @register_strategy("multi_task")

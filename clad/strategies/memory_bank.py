@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from clad.models.memory_bank import Memory, MemoryBankDetector, tensor_bytes
+from clad.records import Scores, Task
 from clad.registry import register_strategy
 from clad.strategies.base import DetectorFactory, Strategy
-from clad.types import Scores, Task
 
 Variant = Literal["single_bank", "per_task"]
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from clad.records import Task
 from clad.registry import register_strategy
 from clad.strategies.base import DetectorFactory, Strategy
-from clad.types import Task
 
 
 @register_strategy("naive")

@@ -10,9 +10,9 @@ from avalanche.benchmarks.utils import AvalancheDataset
 from avalanche.training.storage_policy import ExperienceBalancedBuffer
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from clad.records import Task
 from clad.registry import register_strategy
 from clad.strategies.base import DetectorFactory, Strategy, concat
-from clad.types import Task
 
 
 @register_strategy("replay")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from clad.models.base import Detector
+from clad.records import Scores, Task
 from clad.registry import register_strategy
 from clad.strategies.base import DetectorFactory, Strategy
-from clad.types import Scores, Task
 
 
 @register_strategy("single_model")

@@ -6,18 +6,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clad.benchmarks.dcase import clip_groups
 from clad.metrics.audio import AUDIO_TASK_METRICS
+from clad.records import ScoredSet, Task
 from clad.tracking.plots import matrix_heatmap, plt, roc_curves, save, score_histograms, task_curves
-
-if TYPE_CHECKING:
-    from clad.config import RunConfig
-    from clad.runner import ScoredSet
-    from clad.types import Task
 
 
 def section_bars(record: dict, path: Path) -> Path:
@@ -26,8 +20,9 @@ def section_bars(record: dict, path: Path) -> Path:
     last = record["completed_tasks"] - 1
     matrices = record["matrices"]
     sections = sorted({key.split("/", 1)[1] for key in matrices if key.startswith("auc/")})
-    fig, axes = plt.subplots(1, len(names), figsize=(2.2 + 1.6 * len(names), 3.2), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(
+        1, len(names), figsize=(2.2 + 1.6 * len(names), 3.2), squeeze=False, sharey=True
+    )
     for k, (ax, name) in enumerate(zip(axes[0], names)):
         labels, aucs, paucs = [], [], []
         for section in sections:
@@ -59,7 +54,7 @@ def spectrogram_curves(
     if count == 0:
         return []
     picks = [int(i) for i in np.flatnonzero(scored.labels == 1)[:count]]
-    sections, domains = clip_groups(task.test)
+    sections, domains = task.test_sections, task.test_domains
     curves = None if scored.maps is None else scored.maps[:, 0]  # [N, frames]
     normal_mean = None
     if curves is not None and (scored.labels == 0).any():
@@ -75,19 +70,34 @@ def spectrogram_curves(
         )
         top.imshow(spectrogram, origin="lower", aspect="auto", cmap="magma", extent=extent)
         domain = f", {domains[i]}" if domains[i] else ""
-        top.set_title(f"{task.name} test clip #{i} ({sections[i]}{domain}), anomalous; "
-                      f"score {scored.image[i]:.4g}", fontsize=9)
+        top.set_title(
+            f"{task.name} test clip #{i} ({sections[i]}{domain}), anomalous; "
+            f"score {scored.image[i]:.4g}",
+            fontsize=9,
+        )
         top.set_ylabel("mel band")
         times = (np.arange(frames) + 0.5) * seconds_per_frame
         if curves is not None:
             bottom.plot(times, curves[i], color="crimson", lw=1.0, label="this clip")
             if normal_mean is not None:
-                bottom.plot(times, normal_mean, color="grey", lw=0.8, ls="--",
-                            label="mean of normal test clips")
+                bottom.plot(
+                    times,
+                    normal_mean,
+                    color="grey",
+                    lw=0.8,
+                    ls="--",
+                    label="mean of normal test clips",
+                )
             bottom.legend(fontsize=7, loc="upper right")
         else:
-            bottom.text(0.5, 0.5, "the detector gives no map", ha="center", va="center",
-                        transform=bottom.transAxes)
+            bottom.text(
+                0.5,
+                0.5,
+                "the detector gives no map",
+                ha="center",
+                va="center",
+                transform=bottom.transAxes,
+            )
         bottom.set_ylabel("score per frame")
         bottom.set_xlabel("time (s)")
         written.append(save(fig, folder / f"{task.name}_{i:03d}.png"))
@@ -99,9 +109,11 @@ def write_audio_run_plots(
     record: dict,
     last_row: Sequence[ScoredSet],
     tasks: Sequence[Task],
-    config: RunConfig,
+    overlays_per_task: int,
+    seconds_per_frame: float,
 ) -> list[Path]:
-    """Every plot of an audio run; returns the files written."""
+    """Every plot of an audio run (``overlays_per_task`` spectrograms per task, time axes in
+    ``seconds_per_frame``); returns the files written."""
     names = record["tasks"]
     plots = run_dir / "plots"
     written = []
@@ -117,9 +129,8 @@ def write_audio_run_plots(
     written.append(roc_curves(last_row, names, plots / "roc_final.png"))
     threshold = record["thresholds"]["image"][-1]
     written.append(score_histograms(last_row, names, threshold, plots / "scores_final.png"))
-    audio = config.dataset.audio
-    seconds_per_frame = audio.hop_length / audio.sample_rate
     for task, scored in zip(tasks, last_row):
-        written += spectrogram_curves(task, scored, config.evaluation.overlays_per_task,
-                                      seconds_per_frame, run_dir / "overlays")
+        written += spectrogram_curves(
+            task, scored, overlays_per_task, seconds_per_frame, run_dir / "overlays"
+        )
     return written

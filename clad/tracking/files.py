@@ -34,21 +34,21 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """NaN and infinities become null (JSON has no NaN); numpy scalars become Python numbers."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if hasattr(value, "tolist"):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 
 
 def write_json(path: Path, data: Any) -> None:
-    text = json.dumps(_jsonable(data), indent=2, sort_keys=False, allow_nan=False)
+    text = json.dumps(jsonable(data), indent=2, sort_keys=False, allow_nan=False)
     atomic_write(path, lambda h: h.write(text.encode() + b"\n"))
 
 
@@ -60,7 +60,7 @@ def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
-    writer.writerows(_jsonable(rows))
+    writer.writerows(jsonable(rows))
     atomic_write(path, lambda h: h.write(buffer.getvalue().encode()))
 
 

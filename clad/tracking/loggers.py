@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Protocol
-
-from clad.config import RunConfig
+from typing import Any, Protocol
 
 
 class Logger(Protocol):
@@ -31,11 +29,15 @@ class ConsoleLogger:
 
     def log_task(self, step: int, task_name: str, values: dict[str, float]) -> None:
         if "final_avg/hmean" in values:  # machine sounds
-            scores = (f"avg AUC {fmt(values.get('final_avg/auc'))}, "
-                      f"avg pAUC {fmt(values.get('final_avg/pauc'))}, ")
+            scores = (
+                f"avg AUC {fmt(values.get('final_avg/auc'))}, "
+                f"avg pAUC {fmt(values.get('final_avg/pauc'))}, "
+            )
         else:
-            scores = (f"avg image AUROC {fmt(values.get('final_avg/image_auroc'))}, "
-                      f"avg pixel AUROC {fmt(values.get('final_avg/pixel_auroc'))}, ")
+            scores = (
+                f"avg image AUROC {fmt(values.get('final_avg/image_auroc'))}, "
+                f"avg pixel AUROC {fmt(values.get('final_avg/pixel_auroc'))}, "
+            )
         print(
             f"[clad] {self.run_label} task {step} ({task_name}) done: {scores}"
             f"train {values.get('cost/train_seconds', float('nan')):.1f}s"
@@ -47,8 +49,16 @@ class ConsoleLogger:
 
 def summary_table(record: dict) -> str:
     """Final-row metrics per task, then the CL summary, as fixed-width text."""
-    columns = ["image_auroc", "pixel_auroc", "pixel_aupro", "pixel_f1_val", "image_f1_val",
-               "auc", "pauc", "hmean"]  # the first five for images, the last three for audio
+    columns = [
+        "image_auroc",
+        "pixel_auroc",
+        "pixel_aupro",
+        "pixel_f1_val",
+        "image_f1_val",
+        "auc",
+        "pauc",
+        "hmean",
+    ]  # the first five for images, the last three for audio
     metrics = [m for m in columns if m in record["matrices"]]
     names = record["tasks"]
     last = record["completed_tasks"] - 1
@@ -79,21 +89,23 @@ class WandbLogger:
     """Weights & Biases run: online only when the config asks for it and ``WANDB_API_KEY`` is
     set, offline otherwise (sync later with ``wandb sync``). The key is never printed or stored."""
 
-    def __init__(self, config: RunConfig, seed: int, run_dir: Path) -> None:
+    def __init__(self, settings: dict[str, Any], name: str, config: dict, run_dir: Path) -> None:
+        """``settings``: the run config's ``wandb`` block; ``name``: the W&B run name;
+        ``config``: the resolved run config with its seed, logged as the run's config."""
         import wandb
 
-        mode = config.wandb.mode
+        mode = settings["mode"]
         if mode == "online" and not os.environ.get("WANDB_API_KEY"):
             print("[clad] wandb.mode is online but WANDB_API_KEY is not set: logging offline")
             mode = "offline"
         self.wandb = wandb
         self.run = wandb.init(
-            project=config.wandb.project,
-            entity=config.wandb.entity,
-            group=config.wandb.group,
-            tags=config.wandb.tags,
-            name=f"{config.run_name}-seed{seed}",
-            config={**config.model_dump(), "seed": seed},
+            project=settings["project"],
+            entity=settings["entity"],
+            group=settings["group"],
+            tags=settings["tags"],
+            name=name,
+            config=config,
             dir=str(run_dir),
             mode=mode,
             reinit="finish_previous",
@@ -113,10 +125,16 @@ class WandbLogger:
         self.run.finish()
 
 
-def build_loggers(config: RunConfig, seed: int, run_dir: Path) -> list[Logger]:
-    """W&B first (when enabled), the console last, so the summary table ends the output."""
+def build_loggers(config: dict, seed: int, run_dir: Path) -> list[Logger]:
+    """W&B first (when ``config["wandb"]["enabled"]``), the console last, so the summary table
+    ends the output. ``config``: the resolved run config (a dict, as written to config.json)."""
     loggers: list[Logger] = []
-    if config.wandb.enabled:
-        loggers.append(WandbLogger(config, seed, run_dir))
-    loggers.append(ConsoleLogger(f"{config.run_name}/seed_{seed}"))
+    run_name = config["run_name"]
+    if config["wandb"]["enabled"]:
+        loggers.append(
+            WandbLogger(
+                config["wandb"], f"{run_name}-seed{seed}", {**config, "seed": seed}, run_dir
+            )
+        )
+    loggers.append(ConsoleLogger(f"{run_name}/seed_{seed}"))
     return loggers

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -15,12 +14,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from clad.records import ScoredSet, Task  # noqa: E402
 from clad.tracking.files import atomic_write  # noqa: E402
-
-if TYPE_CHECKING:
-    from clad.config import RunConfig
-    from clad.runner import ScoredSet
-    from clad.types import Task
 
 
 def save(fig: plt.Figure, path: Path) -> Path:
@@ -38,8 +33,9 @@ def matrix_heatmap(matrix: np.ndarray, names: Sequence[str], title: str, path: P
         for k in range(n):
             if not math.isnan(matrix[t, k]):
                 colour = "white" if matrix[t, k] < 0.6 else "black"
-                ax.text(k, t, f"{matrix[t, k]:.2f}", ha="center", va="center", fontsize=7,
-                        color=colour)
+                ax.text(
+                    k, t, f"{matrix[t, k]:.2f}", ha="center", va="center", fontsize=7, color=colour
+                )
     ax.set_xticks(range(n), names, rotation=45, ha="right")
     ax.set_yticks(range(n), names)
     ax.set_xlabel("evaluated task")
@@ -94,7 +90,7 @@ def score_histograms(
         if math.isfinite(threshold):
             ax.axvline(threshold, color="black", ls="--", lw=0.8)
         ax.set_title(name, fontsize=9)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("image scores after the last task (dashed: validation threshold)")
@@ -143,12 +139,10 @@ def write_run_plots(
     record: dict,
     last_row: Sequence[ScoredSet],
     tasks: Sequence[Task],
-    config: RunConfig,
+    overlays_per_task: int,
 ) -> list[Path]:
-    if config.dataset.modality == "audio":
-        from clad.tracking.audio_plots import write_audio_run_plots
-
-        return write_audio_run_plots(run_dir, record, last_row, tasks, config)
+    """Every plot of an image run (heatmaps, curves, ROC, histograms, ``overlays_per_task``
+    overlays per task); returns the files written."""
     names = record["tasks"]
     plots = run_dir / "plots"
     written = []
@@ -163,5 +157,5 @@ def write_run_plots(
     threshold = record["thresholds"]["image"][-1]
     written.append(score_histograms(last_row, names, threshold, plots / "scores_final.png"))
     for task, scored in zip(tasks, last_row):
-        written += overlays(task, scored, config.evaluation.overlays_per_task, run_dir / "overlays")
+        written += overlays(task, scored, overlays_per_task, run_dir / "overlays")
     return written

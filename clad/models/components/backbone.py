@@ -54,18 +54,35 @@ LAYERS: dict[str, dict[str, tuple[int, int]]] = {
         "blocks.6": (320, 32),
     },
 }
-# Mid-level layers used by PatchCore (strides 8 and 16) and PaDiM (strides 4, 8 and 16).
-PATCHCORE_LAYERS = {
-    "resnet18": ("layer2", "layer3"),
-    "wide_resnet50_2": ("layer2", "layer3"),
-    "efficientnet_lite0": ("blocks.2", "blocks.4"),
-}
-PADIM_LAYERS = {
-    "resnet18": ("layer1", "layer2", "layer3"),
-    "wide_resnet50_2": ("layer1", "layer2", "layer3"),
-    "efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4"),
-}
 BACKBONES = tuple(LAYERS)
+MID_STRIDES = (8, 16)  # PatchCore's mid-level features (and EfficientAD's distillation targets)
+PYRAMID_STRIDES = (4, 8, 16)  # PaDiM's, STFPM's, FastFlow's and CFA's feature pyramid
+
+
+def stride_layers(backbone: str, strides: Sequence[int]) -> tuple[str, ...]:
+    """For each stride, the deepest layer of ``backbone`` at that stride: ResNets ``layer1``,
+    ``layer2``, ``layer3`` at 4, 8, 16; efficientnet-lite0 ``blocks.1``, ``blocks.2``,
+    ``blocks.4`` (``blocks.3`` also has stride 16 but is not the last of it)."""
+    known = LAYERS.get(backbone)
+    if known is None:
+        raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
+    found = []
+    for stride in strides:
+        at_stride = [name for name, (_, s) in known.items() if s == stride]
+        if not at_stride:
+            available = sorted({s for _, s in known.values()})
+            raise ValueError(
+                f"backbone {backbone}: no layer at stride {stride}; strides: {available}"
+            )
+        found.append(at_stride[-1])
+    return tuple(found)
+
+
+def pyramid_layers(
+    backbone: str, layers: Sequence[str] | None, strides: Sequence[int] = PYRAMID_STRIDES
+) -> tuple[str, ...]:
+    """``layers`` when given, else the backbone's layers at ``strides``."""
+    return tuple(layers) if layers else stride_layers(backbone, strides)
 
 
 class WeightsUnavailableError(RuntimeError):

@@ -24,9 +24,7 @@ def fade(t: Tensor) -> Tensor:
     return t * t * t * (t * (t * 6 - 15) + 10)
 
 
-def perlin_noise(
-    size: tuple[int, int], res: tuple[int, int], generator: torch.Generator
-) -> Tensor:
+def perlin_noise(size: tuple[int, int], res: tuple[int, int], generator: torch.Generator) -> Tensor:
     """Perlin noise of ``size`` (H, W) with ``res`` (rows, cols) lattice cells: [H, W] float32.
 
     Any ``size`` works: the noise is drawn on the next multiple of ``res`` and cropped.
@@ -61,8 +59,10 @@ def rotate(image: Tensor, degrees: float) -> Tensor:
     theta = math.radians(degrees)
     height, width = image.shape
     matrix = torch.tensor(
-        [[math.cos(theta), -math.sin(theta) * height / width, 0.0],
-         [math.sin(theta) * width / height, math.cos(theta), 0.0]],
+        [
+            [math.cos(theta), -math.sin(theta) * height / width, 0.0],
+            [math.sin(theta) * width / height, math.cos(theta), 0.0],
+        ],
         dtype=torch.float32,
     )[None]  # [1, 2, 3], in normalised coordinates, corrected for the aspect ratio
     grid = F.affine_grid(matrix, [1, 1, height, width], align_corners=False)

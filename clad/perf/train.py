@@ -10,8 +10,8 @@ disk is not (the images are already tensors).
 
 Command line (prints a Markdown table)::
 
-    python -m clad.perf_train --detectors stfpm fastflow cfa --image-size 64 --device cpu
-    python -m clad.perf_train --detectors ast --input-mode rgb+depth   # 5-channel inputs
+    python -m clad.perf train --detectors stfpm fastflow cfa --image-size 64 --device cpu
+    python -m clad.perf train --detectors ast --input-mode rgb+depth   # 5-channel inputs
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
+import clad.models  # noqa: F401  (fills the detector table)
 from clad.benchmarks.mvtec3d import MODE_CHANNELS
 from clad.models.base import resolve_device
 from clad.registry import detector_table, parameter_names, validate_params
@@ -110,7 +111,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m clad.perf train", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--detectors", nargs="+", required=True)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--n-images", type=int, default=64)
@@ -120,11 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--weights", default=None, help="backbone weights for every detector")
     parser.add_argument(
-        "--params", default="{}",
+        "--params",
+        default="{}",
         help='per-detector constructor arguments as JSON, e.g. \'{"draem": {"recon_width": 16}}\'',
     )
     parser.add_argument(
-        "--input-mode", default=None, choices=sorted(MODE_CHANNELS),
+        "--input-mode",
+        default=None,
+        choices=sorted(MODE_CHANNELS),
         help="inputs of detectors that take an input_mode (rgb, depth, rgb+depth)",
     )
     args = parser.parse_args(argv)

@@ -1,10 +1,15 @@
-"""Small frozen records shared by every layer: samples, tasks and detector scores."""
+"""Small records shared by every layer: samples, tasks, detector scores and scored test sets.
+
+Nothing here imports another clad module: readers, detectors, strategies, metrics and tracking
+all speak through these types.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -43,6 +48,10 @@ class Task:
 
     Datasets yield ``(image [3, H, W] float in [0, 1], mask [1, H, W] float in {0, 1}, label int)``.
     ``val`` holds normal training images only, held out for model selection and thresholds.
+
+    Machine sounds carry the grouping that DCASE's metrics need: ``test_sections`` and
+    ``test_domains``, one entry per test clip in ``test``'s order (a domain is None for data
+    without domains, DCASE 2020). Both are None for images.
     """
 
     task_id: int
@@ -51,6 +60,8 @@ class Task:
     val: Dataset
     test: Dataset
     has_masks: bool = True
+    test_sections: tuple[str, ...] | None = None
+    test_domains: tuple[str | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,3 +75,15 @@ class Scores:
 
     image: Tensor
     pixel: Tensor | None
+
+
+@dataclass
+class ScoredSet:
+    """Scores of one dataset, in its order: labels [N], image scores [N], masks and maps
+    [N, H, W] (or None), and the seconds ``predict`` took."""
+
+    labels: np.ndarray
+    image: np.ndarray
+    masks: np.ndarray | None
+    maps: np.ndarray | None
+    seconds: float

@@ -1,10 +1,9 @@
 """One measurement of ``python -m clad.perf memory-bank``, in a process of its own.
 
-Run as a script by ``clad.perf`` (``python -P clad/perf_worker.py ARGS``: ``-P`` keeps
-``clad/`` off the import path, where ``clad/types.py`` would shadow the standard library), with
-clad's interpreter for ``--impl clad`` and anomalib's virtual environment for
-``--impl anomalib``: this file
-imports only torch, numpy, scikit-learn and timm at the top, so it runs in either environment.
+Run as a script by ``clad.perf`` (``python clad/perf/worker.py ARGS``), with clad's
+interpreter for ``--impl clad`` and anomalib's virtual environment for ``--impl anomalib``: this
+file imports only torch, numpy, scikit-learn and timm at the top, so it runs in either
+environment.
 It reads the image cache written by ``clad.perf`` (uint8 tensors, so both implementations see
 the same pixels), fits one detector on the training images, scores the test images and prints
 one JSON row on its last line of output.
@@ -54,7 +53,8 @@ class Clad:
     """clad's PatchCore / PaDiM behind the measuring interface."""
 
     def __init__(self, detector: str, args: argparse.Namespace) -> None:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        import clad.models  # noqa: F401  (fills the detector table)
         from clad.registry import detector_table
 
         cls = detector_table()[detector]

@@ -11,9 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import clad.models  # noqa: F401  (fills the detector table)
 from clad.benchmarks.mvtec import CLAD_TASK_ORDER
 from clad.benchmarks.mvtec3d import MVTEC3D_CATEGORIES
-from clad.registry import ConfigError, detector_table, parameter_names
+from clad.config.files import read_json
+from clad.errors import ConfigError
+from clad.registry import detector_table, parameter_names
 
 ARCHITECTURES = {"cae": "conv_ae", "unet": "unet_ae"}
 STRATEGIES = {
@@ -36,8 +39,6 @@ DETECTOR_KEYS = {
 
 
 def _merge(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
-    from clad.config import read_json
-
     merged: dict[str, Any] = {}
     common = path.parent / "common_param.json"
     if common.is_file():

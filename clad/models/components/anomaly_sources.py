@@ -31,7 +31,8 @@ import torchvision.transforms.functional as TF
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from clad.benchmarks.mvtec import IMAGE_EXTENSIONS, DatasetError, decode
+from clad.errors import DatasetError
+from clad.imageio import IMAGE_EXTENSIONS, decode
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,229 @@
+"""The ``run``, ``sweep`` and ``report`` commands: their parsers and what they do."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from clad.errors import ConfigError
+
+RUN_HELP = """Run a continual anomaly-detection benchmark from a JSON configuration.
+
+Examples:
+  python main.py --parameters_path configurations/demo.json --seed 0
+  python main.py --parameters_path configurations/unet_ae_replay.json --seed 0 1 2
+  python main.py --parameters_path configurations/demo.json --seed 0 --resume
+  python main.py --parameters_path configurations/demo.json --set training.epochs=1 \\
+      --set "dataset.categories=[stripes,disc]"
+  python main.py report output/demo
+  python main.py sweep configurations/sweeps/synthetic_small.json --workers 2
+  python main.py report output/synthetic_small
+
+Outputs go to <output>/<run_name>/seed_<n>/ (config.json, metrics.json, metrics.csv, plots/,
+overlays/, checkpoints/). CLAD benchmark configuration files are accepted too.
+"""
+
+
+def run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clad run",
+        description=RUN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--parameters_path",
+        "--config",
+        required=True,
+        type=Path,
+        help="JSON run configuration (clad or CLAD format)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="one or more seeds, run one after another (default 0)",
+    )
+    parser.add_argument(
+        "--output", default=None, help="output folder (default: the config's output.dir)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value by dotted key, e.g. training.epochs=1 "
+        "or dataset.categories=[a,b]; repeatable",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue each seed's run from its last finished task"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again even if the output folder already holds a run",
+    )
+    return parser
+
+
+def report_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clad report",
+        description="Aggregate a run folder's seeds (mean and std), or compare the runs of a "
+        "sweep folder: report.md, report.html, report.csv.",
+    )
+    parser.add_argument(
+        "folder", type=Path, help="a run folder (output/demo) or a sweep folder (output/<sweep>)"
+    )
+    return parser
+
+
+SWEEP_HELP = """Run a grid of configurations x seeds from a sweep file, then write the comparison
+report. Finished runs are skipped, interrupted ones resumed from their last finished task, failed
+ones retried; a failure never stops the others and is written to the run's error.txt.
+
+Examples:
+  python main.py sweep configurations/sweeps/synthetic_small.json --workers 2
+  python main.py sweep configurations/sweeps/synthetic_small.json --dry-run
+  python main.py sweep configurations/sweeps/clad_table.json --backend ray --address auto \\
+      --set dataset.root=/data/mvtec_anomaly_detection
+"""
+
+
+def sweep_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clad sweep",
+        description=SWEEP_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("sweep_file", type=Path, help="JSON sweep file")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="output folder; runs go to <output>/<sweep name>/<run_name>/seed_<n>"
+        " (default: the sweep file's output, else the base config's)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value in every run",
+    )
+    parser.add_argument("--backend", choices=("local", "ray"), default="local")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local: runs at once (default: one per GPU, else 1)",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="ray: cluster address, 'auto' or ray://host:port (default: start a "
+        "local Ray instance)",
+    )
+    parser.add_argument(
+        "--cpus-per-run",
+        type=float,
+        default=None,
+        help="ray: CPUs each run declares (default: the sweep file's, 1)",
+    )
+    parser.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=None,
+        help="ray: GPUs each run declares (default: 1 when the cluster has GPUs)",
+    )
+    parser.add_argument(
+        "--copy-back",
+        action="store_true",
+        help="ray: workers do not share the output folder; each run writes to "
+        "its worker's temporary folder and its files are sent back",
+    )
+    parser.add_argument(
+        "--threads-per-run",
+        type=int,
+        default=None,
+        help="CPU threads of each run, on either backend (default: the sweep "
+        "file's resources.cpus, 1); a fixed count keeps results independent "
+        "of --workers",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list the runs and their state; run nothing"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start every run again, finished ones included"
+    )
+    parser.add_argument(
+        "--no-report", action="store_true", help="do not write the comparison report at the end"
+    )
+    return parser
+
+
+def cmd_run(argv: list[str]) -> int:
+    from clad.config import load_config
+    from clad.runner import Run
+    from clad.tracking.report import write_run_report
+
+    args = run_parser().parse_args(argv)
+    config = load_config(args.parameters_path, args.overrides)
+    for seed in args.seed:
+        Run(config, seed, args.output, resume=args.resume, overwrite=args.overwrite).execute()
+    if len(args.seed) > 1:
+        folder = Path(args.output or config.output.dir) / config.run_name
+        print(f"[clad] seeds aggregated in {write_run_report(folder)}")
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    from clad.tracking.comparison import is_sweep_folder, write_comparison_report
+    from clad.tracking.report import write_run_report
+
+    args = report_parser().parse_args(argv)
+    if is_sweep_folder(args.folder):
+        paths = write_comparison_report(args.folder)
+        print(paths["md"].read_text())
+        print(f"[clad] wrote {', '.join(str(p) for p in paths.values())}")
+        return 0
+    path = write_run_report(args.folder)
+    print(path.read_text())
+    print(f"[clad] wrote {path} and {path.with_suffix('.csv')}")
+    return 0
+
+
+def cmd_sweep(argv: list[str]) -> int:
+    from clad.sweep import expand, format_plan, load_sweep_spec, run_sweep, summary_line
+
+    args = sweep_parser().parse_args(argv)
+    spec = load_sweep_spec(args.sweep_file)
+    sweep = expand(spec, args.sweep_file, args.overrides, args.output)
+    if args.dry_run:
+        print(summary_line(sweep, args.overwrite))
+        print(format_plan(sweep, args.overwrite))
+        return 0
+    if all(cell.config is None for cell in sweep.cells):
+        first = sweep.cells[0]
+        raise ConfigError(
+            f"{args.sweep_file}: no run of the sweep has a valid configuration; "
+            f"the first ({first.label}): {first.error}"
+        )
+    outcome = run_sweep(
+        sweep,
+        backend=args.backend,
+        workers=args.workers,
+        address=args.address,
+        cpus_per_run=args.cpus_per_run,
+        gpus_per_run=args.gpus_per_run,
+        copy_back=args.copy_back,
+        overwrite=args.overwrite,
+        threads_per_run=args.threads_per_run,
+    )
+    if not args.no_report:
+        from clad.tracking.comparison import write_comparison_report
+
+        paths = write_comparison_report(sweep.sweep_dir)
+        print(f"[sweep] report: {paths['md']}, {paths['html']}, {paths['csv']}")
+    return 1 if outcome.failures or outcome.not_run else 0

@@ -1,0 +1,138 @@
+"""The typed run configuration and its validation.
+
+Every block forbids unknown keys. The ``dataset`` block is the benchmarks' own
+(``clad.benchmarks.spec``), so readers never import the configuration. The ``detector`` and
+``strategy`` blocks are ``{"name": ...}`` plus the parameters of the chosen class; those are
+validated against the class's constructor signature (see ``clad.registry``), so a misspelled
+parameter fails at load time, naming the file and the field. Importing this module imports
+``clad.models`` and ``clad.strategies``, which fills the registry's tables.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+import clad.models  # noqa: F401  (fills the detector table)
+import clad.strategies  # noqa: F401  (fills the strategy table)
+from clad.benchmarks.spec import DatasetConfig
+from clad.errors import ConfigError
+from clad.registry import (
+    detector_table,
+    format_validation_error,
+    lookup,
+    parameter_names,
+    strategy_table,
+    validate_params,
+)
+
+# Runner-supplied arguments of detector/strategy constructors (never set from config).
+STRATEGY_CONTEXT = ("make_detector", "tasks")
+# Shared training settings injected into detectors whose constructor names them.
+TRAINING_KEYS = ("epochs", "batch_size", "lr", "patience", "device", "num_workers")
+
+
+class Block(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainingConfig(Block):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    patience: int = Field(5, ge=0)
+    device: str = "auto"
+    num_workers: int = Field(0, ge=0)
+
+
+class EvaluationConfig(Block):
+    threshold_quantile: float = Field(0.99, gt=0.0, le=1.0)
+    aupro_fpr_limit: float = Field(0.3, gt=0.0, le=1.0)
+    overlays_per_task: int = Field(3, ge=0)
+    batch_size: int = Field(32, ge=1)
+
+
+class OutputConfig(Block):
+    dir: str = "output"
+    plots: bool = True
+    checkpoints: bool = True
+
+
+class WandbConfig(Block):
+    enabled: bool = True
+    mode: Literal["offline", "online"] = "offline"
+    project: str = "clad"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = []
+
+
+class RunConfig(Block):
+    run_name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    dataset: DatasetConfig = DatasetConfig()
+    detector: dict[str, Any]
+    strategy: dict[str, Any]
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    output: OutputConfig = OutputConfig()
+    wandb: WandbConfig = WandbConfig()
+
+    def detector_params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.detector.items() if k != "name"}
+
+    def strategy_params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.strategy.items() if k != "name"}
+
+
+def validate_config(data: dict[str, Any], source: str) -> RunConfig:
+    """Validate a raw dict; errors are prefixed with ``source`` (the file name)."""
+    try:
+        config = RunConfig(**data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}:\n" + format_validation_error(err, "", RunConfig)) from None
+    for block in ("detector", "strategy"):
+        if "name" not in getattr(config, block):
+            raise ConfigError(f"{source}: {block}.name is required")
+    detector_cls = lookup(detector_table(), config.detector["name"], "detector", source)
+    strategy_cls = lookup(strategy_table(), config.strategy["name"], "strategy", source)
+    params = config.detector_params()
+    for key in TRAINING_KEYS:
+        if key in params:
+            raise ConfigError(
+                f"{source}: detector.{key}: set it in the training block (training.{key})"
+            )
+    if "input_mode" in params:
+        raise ConfigError(
+            f"{source}: detector.input_mode: set the inputs with dataset.mode instead"
+        )
+    if config.dataset.mode != "rgb" and "input_mode" not in parameter_names(detector_cls):
+        takes = sorted(n for n, c in detector_table().items() if "input_mode" in parameter_names(c))
+        raise ConfigError(
+            f"{source}: dataset.mode {config.dataset.mode!r}: detector "
+            f"{config.detector['name']!r} takes RGB images only; detectors that take depth: "
+            f"{', '.join(takes) or 'none'}"
+        )
+    validate_params(
+        detector_cls, {**_training_for(detector_cls, config), **params}, f"{source}: detector"
+    )
+    validate_params(strategy_cls, config.strategy_params(), f"{source}: strategy", STRATEGY_CONTEXT)
+    return config
+
+
+def _training_for(detector_cls: type, config: RunConfig) -> dict[str, Any]:
+    """The shared training keys the detector's constructor names, and ``input_mode`` (the
+    dataset's ``mode``) for detectors that take one."""
+    names = parameter_names(detector_cls)
+    shared = {k: v for k, v in config.training.model_dump().items() if k in names}
+    if "input_mode" in names:
+        shared["input_mode"] = config.dataset.mode
+    return shared
+
+
+def detector_kwargs(config: RunConfig) -> dict[str, Any]:
+    """Constructor arguments of the configured detector: its params plus shared training keys."""
+    cls = detector_table()[config.detector["name"]]
+    return validate_params(
+        cls, {**_training_for(cls, config), **config.detector_params()}, "detector"
+    )

@@ -1,0 +1,59 @@
+"""What a worker needs to run a cell, and how cells ended: plain, picklable records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clad.tracking.run_folders import CellState
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """What a worker needs to run one cell; plain data, picklable without importing torch."""
+
+    run_name: str
+    seed: int
+    config: dict[str, Any]
+    output_root: str
+    source: str
+    resume: bool
+    overwrite: bool
+    device: str
+    gpu: str | None = None
+    cwd: str | None = None
+    threads: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.run_name}/seed_{self.seed}"
+
+    def folder(self) -> Path:
+        return Path(self.output_root) / self.run_name / f"seed_{self.seed}"
+
+
+@dataclass
+class CellResult:
+    """How a cell ended: ``ok``, a one-line ``message`` and the final summary when it finished."""
+
+    label: str
+    ok: bool
+    message: str
+    seconds: float
+    summary: dict[str, float] = field(default_factory=dict)
+    archive: bytes | None = None
+
+
+@dataclass
+class SweepOutcome:
+    """Counts and failures of one sweep invocation."""
+
+    total: int
+    skipped: int
+    results: list[CellResult]
+    not_run: list[tuple[str, CellState]]
+
+    @property
+    def failures(self) -> list[CellResult]:
+        return [r for r in self.results if not r.ok]

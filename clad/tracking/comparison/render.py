@@ -1,0 +1,302 @@
+"""The report's tables as Markdown, self-contained HTML and CSV rows."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clad.tracking.comparison.published import CLAD_PUBLISHED, clad_text
+from clad.tracking.comparison.rows import Row
+from clad.tracking.comparison.statistics import MIN_PAIRED_SEEDS, Pair
+
+# (key, column label, kind): kind picks the number format
+TABLE_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("final_avg/image_auroc", "image AUROC", "score"),
+    ("final_avg/pixel_auroc", "pixel AUROC", "score"),
+    ("final_avg/pixel_aupro", "AUPRO", "score"),
+    ("final_avg/pixel_f1_val", "pixel F1 (val thr.)", "score"),
+    ("forgetting/image_auroc", "forgetting (image AUROC)", "score"),
+    ("bwt/image_auroc", "BWT (image AUROC)", "score"),
+    ("cost/total_train_seconds", "train time", "seconds"),
+    ("cost/memory_mb", "memory MB", "mb"),
+    ("cost/peak_memory_mb", "peak MB", "mb"),
+)
+
+
+def fmt_number(value: float, kind: str) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    if kind == "seconds":
+        if value < 600:
+            return f"{value:.1f} s"
+        return f"{value / 60:.1f} min" if value < 3 * 3600 else f"{value / 3600:.2f} h"
+    if kind == "mb":
+        return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+    return f"{value:.3f}"
+
+
+def fmt_stat(mean: float, std: float, kind: str) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    text = fmt_number(mean, kind)
+    if math.isfinite(std):
+        unit = ""
+        if kind == "seconds":
+            text, unit = text.rsplit(" ", 1)[0], " " + text.rsplit(" ", 1)[1]
+            scale = {"s": 1, "min": 60, "h": 3600}[unit.strip()]
+            return f"{text} ± {std / scale:.1f}{unit}"
+        if kind == "mb" and mean >= 100:
+            return f"{text} ± {std:.0f}"
+        return f"{text} ± {fmt_number(std, kind)}"
+    return text
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    best: list[bool]
+
+
+def main_table(rows: Sequence[Row]) -> Table:
+    has_axes = any(r.axes for r in rows)
+    has_joint = any(math.isfinite(r.gap_to_joint) for r in rows)
+    has_clad = any(clad_text(r) for r in rows)
+    header = ["detector", "strategy"] + (["axes"] if has_axes else []) + ["seeds"]
+    header += [label for _, label, _ in TABLE_METRICS[:6]]
+    header += ["gap to joint"] if has_joint else []
+    header += [label for _, label, _ in TABLE_METRICS[6:]]
+    header += ["CLAD published (img/pix/PRO/forg.)"] if has_clad else []
+    lines = []
+    for row in rows:
+        cells = [row.detector, row.strategy + (" ★" if row.best else "")]
+        cells += [row.axes_text()] if has_axes else []
+        cells.append(row.state_text())
+        stats = {key: row.stat(key) for key, _, _ in TABLE_METRICS}
+        for key, _, kind in TABLE_METRICS[:6]:
+            cells.append(fmt_stat(stats[key][0], stats[key][1], kind) if row.records else "—")
+        if has_joint:
+            cells.append(fmt_number(row.gap_to_joint, "score") if row.records else "—")
+        for key, _, kind in TABLE_METRICS[6:]:
+            cells.append(fmt_stat(stats[key][0], stats[key][1], kind) if row.records else "—")
+        cells += [clad_text(row)] if has_clad else []
+        lines.append(cells)
+    return Table(header, lines, [r.best for r in rows])
+
+
+def markdown_table(table: Table) -> list[str]:
+    lines = [
+        "| " + " | ".join(table.header) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(table.header))) + "|",
+    ]
+    bold = table.header.index("image AUROC")
+    for cells, best in zip(table.rows, table.best):
+        shown = [f"**{c}**" if best and i == bold else c for i, c in enumerate(cells)]
+        lines.append("| " + " | ".join(shown) + " |")
+    return lines
+
+
+def pairs_table(pairs: Sequence[Pair]) -> Table:
+    header = ["detector", "A vs B", "metric", "seeds", "mean A − B", "95% bootstrap CI", "clear"]
+    rows = []
+    for p in pairs:
+        ci = "n/a (1 seed)" if not math.isfinite(p.low) else f"[{p.low:+.3f}, {p.high:+.3f}]"
+        name = p.detector + (f" ({p.axes})" if p.axes else "")
+        clear = (
+            "yes"
+            if p.significant
+            else ("no" if len(p.seeds) >= MIN_PAIRED_SEEDS else f"n/a (< {MIN_PAIRED_SEEDS} seeds)")
+        )
+        rows.append(
+            [name, f"{p.a} vs {p.b}", p.metric, str(len(p.seeds)), f"{p.mean:+.3f}", ci, clear]
+        )
+    return Table(header, rows, [False] * len(rows))
+
+
+def incomplete_lines(rows: Sequence[Row]) -> list[str]:
+    """One line per expected run that did not finish: its state and why."""
+    lines = []
+    for row in rows:
+        for seed in row.seeds:
+            if seed in row.records:
+                continue
+            state = row.states.get(seed, "pending")
+            detail = row.details.get(seed, "")
+            lines.append(
+                f"{row.run_name}/seed_{seed}: {state}" + (f" ({detail})" if detail else "")
+            )
+    return lines
+
+
+def context_lines(manifest: dict[str, Any], rows: Sequence[Row]) -> list[str]:
+    lines = []
+    first = next((r for r in rows if r.records), None)
+    if first is not None:
+        record = next(iter(first.records.values()))
+        lines.append(f"Tasks ({len(record['tasks'])}): {', '.join(record['tasks'])}.")
+    seeds = sorted({s for r in rows for s in r.seeds})
+    lines.append(
+        f"{len(rows)} configurations x seeds {seeds}; "
+        f"{sum(len(r.records) for r in rows)} of {sum(len(r.seeds) for r in rows)} "
+        "runs finished."
+    )
+    if manifest.get("spec", {}).get("description"):
+        lines.insert(0, manifest["spec"]["description"])
+    return lines
+
+
+def plain_markdown(table: Table) -> list[str]:
+    lines = [
+        "| " + " | ".join(table.header) + " |",
+        "|" + "|".join("---" for _ in table.header) + "|",
+    ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table.rows]
+    return lines
+
+
+def csv_rows(rows: Sequence[Row]) -> tuple[list[str], list[list[Any]]]:
+    """One row per configuration: identity, seeds, best flag, mean/std/n of every table metric,
+    the gap to the joint bound and CLAD's published values where it reports the pair."""
+    header = [
+        "run_name",
+        "detector",
+        "strategy",
+        "axes",
+        "seeds_finished",
+        "seeds_expected",
+        "state",
+        "best",
+    ]
+    for key, _, _ in TABLE_METRICS:
+        header += [f"{key}:mean", f"{key}:std", f"{key}:n"]
+    header += [
+        "gap_to_joint/image_auroc",
+        "clad_image_auroc",
+        "clad_pixel_auroc",
+        "clad_aupro",
+        "clad_forgetting_pct",
+    ]
+    out = []
+    for row in rows:
+        line: list[Any] = [
+            row.run_name,
+            row.detector,
+            row.strategy,
+            json.dumps(row.axes, sort_keys=True) if row.axes else "",
+            len(row.records),
+            len(row.seeds),
+            row.state_text(),
+            int(row.best),
+        ]
+        for key, _, _ in TABLE_METRICS:
+            mean, std, n = row.stat(key)
+            line += [mean, std, n]
+        published = CLAD_PUBLISHED.get((row.detector, row.strategy), {})
+        line += [
+            row.gap_to_joint,
+            published.get("image_auroc"),
+            published.get("pixel_auroc"),
+            published.get("aupro"),
+            published.get("forgetting_pct"),
+        ]
+        out.append(line)
+    return header, out
+
+
+CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em;
+       color: #1b1b1b; max-width: 1400px; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }
+th { background: #f0f0f0; }
+td.text { text-align: left; }
+tr.best td { background: #e8f5e9; font-weight: 600; }
+tr.missing td { color: #999; }
+.notes { font-size: 12px; color: #444; max-width: 1100px; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+"""
+
+
+def _html_table(table: Table, text_columns: int = 2) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+    body = []
+    for cells, best in zip(table.rows, table.best):
+        missing = "—" in cells
+        cls = ' class="best"' if best else (' class="missing"' if missing else "")
+        tds = "".join(
+            f'<td class="text">{html.escape(c)}</td>'
+            if i < text_columns + ("axes" in table.header)
+            else f"<td>{html.escape(c)}</td>"
+            for i, c in enumerate(cells)
+        )
+        body.append(f"<tr{cls}>{tds}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def render_html(
+    name: str,
+    context: Sequence[str],
+    table: Table,
+    notes: Sequence[str],
+    incomplete: Sequence[str],
+    pairs: Table,
+    plots: Sequence[Path],
+) -> str:
+    """One self-contained page: inline CSS, tables, plots as base64 PNG data URIs."""
+    parts = [
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Sweep '
+        f"{html.escape(name)}</title><style>{CSS}</style></head><body>",
+        f"<h1>Sweep {html.escape(name)}</h1>",
+    ]
+    parts += [f"<p>{html.escape(line)}</p>" for line in context]
+    parts.append(_html_table(table))
+    parts.append(
+        '<div class="notes">' + "".join(f"<p>{html.escape(n)}</p>" for n in notes) + "</div>"
+    )
+    if incomplete:
+        parts.append(
+            "<h2>Incomplete runs</h2><ul>"
+            + "".join(f"<li>{html.escape(line)}</li>" for line in incomplete)
+            + "</ul>"
+        )
+    if pairs.rows:
+        parts.append("<h2>Paired comparisons across seeds</h2>")
+        parts.append(_html_table(pairs, text_columns=3))
+        parts.append(
+            '<p class="notes">Difference of strategy A minus B over the seeds both '
+            "finished; 95% percentile bootstrap interval of the mean (10,000 resamples, "
+            f"seed 0). clear: the interval excludes 0, judged on {MIN_PAIRED_SEEDS} "
+            "seeds or more (with two the interval is only the range of the two "
+            "differences).</p>"
+        )
+    if plots:
+        parts.append("<h2>Plots</h2>")
+        for path in plots:
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            parts.append(
+                f'<div><img alt="{html.escape(path.stem)}" '
+                f'src="data:image/png;base64,{data}"></div>'
+            )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+NOTES = [
+    "Values: mean ± sample std (ddof 1) over the seeds whose run finished every task; `seeds` "
+    "counts finished / expected runs (unfinished ones by state). Image AUROC, pixel AUROC, "
+    "AUPRO (FPR ≤ 0.3) and pixel F1 at the threshold set on validation normals are final "
+    "averages over tasks after the last task; forgetting is Chaudhry et al.'s average "
+    "forgetting and BWT the GEM backward transfer, both of image AUROC.",
+    "★ best configuration per detector: the highest mean final image AUROC among continual "
+    "strategies; the reference bounds multi_task (joint), cumulative and single_model "
+    "(task-aware) are not ranked. Gap to joint = final image AUROC minus the same detector's "
+    "multi_task value.",
+    "Costs: training time over the whole stream; memory MB = the strategy's memory after the last "
+    "task (replay images, memory banks); peak MB = peak resident (CPU) or CUDA memory.",
+]

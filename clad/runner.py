@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from clad.benchmarks.stream import build_tasks
-from clad.config import STRATEGY_CONTEXT, RunConfig, detector_kwargs
+from clad.config import STRATEGY_CONTEXT, RunConfig, detector_kwargs, resolved
 from clad.metrics import (
     TASK_METRICS,
     audio_metric_names,
@@ -170,12 +170,12 @@ class Run:
         strategy = build_strategy(self.config, tasks)
         self._prepare_folder()
         progress = self._resume(strategy, tasks)
-        resolved = {**self.config.model_dump(), "seed": self.seed}
-        files.write_json(self.dir / "config.json", resolved)
+        settings = {**self.config.model_dump(), "resolved": resolved(self.config)}
+        files.write_json(self.dir / "config.json", {**settings, "seed": self.seed})
         loggers = (
             self._loggers
             if self._loggers is not None
-            else build_loggers(self.config.model_dump(), self.seed, self.dir)
+            else build_loggers(settings, self.seed, self.dir)
         )
         last_row: list[ScoredSet] | None = None
         for t in range(progress.start, len(tasks)):

@@ -29,7 +29,12 @@ class RecordingDetector(Detector):
         self.fits.append(seen)
         self.offset += 1.0
 
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.fits)
+
     def predict(self, x: Tensor) -> Scores:
+        self.check_fitted()
         return Scores(image=x.mean(dim=(1, 2, 3)) + self.offset, pixel=x.mean(dim=1))
 
     def state_dict(self) -> dict:

@@ -24,10 +24,11 @@ def write(tmp_path, data, name="run.json"):
 
 def test_valid_config_loads_with_defaults(tmp_path):
     config = load_config(write(tmp_path, BASE))
-    assert config.training.epochs == 2 and config.training.lr == 1e-3
+    assert config.training.epochs == 2 and config.training.lr is None
     kwargs = detector_kwargs(config)
     assert kwargs["skip_levels"] == 1 and kwargs["epochs"] == 2 and kwargs["batch_size"] == 4
     assert kwargs["anomaly_map"] == "l1"
+    assert kwargs["lr"] == 1e-3  # not set in the training block: the detector's own default
 
 
 @pytest.mark.parametrize(
@@ -121,5 +122,49 @@ def test_clad_format_is_translated_and_ignored_keys_reported(tmp_path, capsys):
 def test_shipped_clad_example_and_all_shipped_configs_load():
     from pathlib import Path
 
-    for path in sorted(Path("configurations").glob("*.json")):
+    paths = sorted(Path("configurations").glob("*.json"))
+    paths += sorted(Path("configurations/mvtec").glob("[!_]*.json"))
+    assert len(paths) > 70
+    for path in paths:
         load_config(path)
+
+
+def test_training_keys_left_out_keep_each_detectors_defaults(tmp_path):
+    data = {
+        **BASE,
+        "detector": {"name": "stfpm", "weights": "none", "backbone": "resnet18"},
+        "training": {"epochs": 3},
+    }
+    kwargs = detector_kwargs(load_config(write(tmp_path, data)))
+    assert kwargs["epochs"] == 3  # set: passed on
+    assert kwargs["lr"] == 0.4 and kwargs["batch_size"] == 16  # STFPM's own (the paper's)
+
+
+def test_a_config_can_name_a_base(tmp_path):
+    write(tmp_path, {**BASE, "run_name": "base", "evaluation": {"batch_size": 8}}, "base.json")
+    child = {
+        "base": "base.json",
+        "run_name": "child",
+        "dataset": {"image_size": 48},
+        "strategy": {"name": "naive"},
+        "training": {"epochs": 5},
+    }
+    config = load_config(write(tmp_path, child, "child.json"))
+    assert config.run_name == "child" and config.dataset.image_size == 48
+    assert config.dataset.root == "data/x"  # merged key by key from the base
+    assert config.strategy == {"name": "naive"}  # another class: the block is replaced whole
+    assert config.detector == {"name": "unet_ae", "skip_levels": 1}
+    assert config.training.epochs == 5 and config.training.batch_size == 4
+    assert config.evaluation.batch_size == 8
+    same = {"base": "base.json", "run_name": "c2", "strategy": {"name": "replay"}}
+    assert load_config(write(tmp_path, same, "c2.json")).strategy["mem_size"] == 8
+
+
+def test_bad_bases_name_the_file(tmp_path):
+    missing = write(tmp_path, {**BASE, "base": "nope.json"}, "a.json")
+    with pytest.raises(ConfigError, match="nope.json not found"):
+        load_config(missing)
+    write(tmp_path, {"base": "y.json"}, "x.json")
+    loop = write(tmp_path, {"base": "x.json"}, "y.json")
+    with pytest.raises(ConfigError, match="names itself"):
+        load_config(loop)

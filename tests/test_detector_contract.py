@@ -128,3 +128,20 @@ def test_state_round_trips(name, tmp_path):
     torch.testing.assert_close(before.image, after.image)
     if before.pixel is not None:
         torch.testing.assert_close(before.pixel, after.pixel)
+
+
+def test_predict_before_fit_fails_naming_the_detector(name):
+    torch.manual_seed(0)
+    detector = make(name)
+    assert not detector.is_fitted
+    x = torch.rand(2, 3, SIZE, SIZE)
+    with pytest.raises(RuntimeError, match=f"{name}: predict called before fit"):
+        detector.predict(x)
+
+
+def test_a_loaded_state_counts_as_fitted(name):
+    detector, x, _ = fit_predict(name, 0)
+    assert detector.is_fitted
+    fresh = make(name)
+    fresh.load_state_dict(detector.state_dict())
+    assert fresh.is_fitted

@@ -103,6 +103,8 @@ def test_loss_is_the_nll_summed_over_scales():
 def test_map_is_the_negated_likelihood_averaged_over_scales():
     torch.manual_seed(0)
     detector = tiny()
+    train = torch.rand(4, 3, 32, 32)
+    detector.fit(torch.utils.data.TensorDataset(train, torch.zeros(4, 1, 32, 32), torch.zeros(4)))
     x = torch.rand(2, 3, 32, 32)
     zs, _ = detector.network(x)
     maps = [

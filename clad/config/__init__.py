@@ -4,12 +4,19 @@ overrides and loading (``loading``), and the translation of the CLAD benchmark's
 
 from clad.benchmarks.spec import AudioConfig, DatasetConfig, SyntheticConfig
 from clad.config.files import read_json
-from clad.config.loading import apply_overrides, is_clad_format, load_config, parse_value
+from clad.config.loading import (
+    apply_overrides,
+    is_clad_format,
+    load_config,
+    parse_value,
+    read_config,
+)
 from clad.config.schema import (
     STRATEGY_CONTEXT,
     TRAINING_KEYS,
     RunConfig,
     detector_kwargs,
+    resolved,
     validate_config,
 )
 
@@ -25,6 +32,8 @@ __all__ = [
     "is_clad_format",
     "load_config",
     "parse_value",
+    "read_config",
     "read_json",
+    "resolved",
     "validate_config",
 ]

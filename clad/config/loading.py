@@ -41,14 +41,65 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return data
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a run config (ours or CLAD's format), apply overrides and validate it."""
+def read_config(path: str | Path, prefix: str = "[clad]") -> dict[str, Any]:
+    """A run config file as a raw dict: CLAD's format translated (the keys it ignores printed
+    after ``prefix``), and a ``"base"`` file merged in (see ``merge_base``)."""
     path = Path(path)
     raw = read_json(path)
     if is_clad_format(raw):
         raw, ignored = translate(raw, path)
         if ignored:
-            print(f"[clad] {path}: CLAD keys with no meaning here, ignored: {', '.join(ignored)}")
+            print(f"{prefix} {path}: CLAD keys with no meaning here, ignored: {', '.join(ignored)}")
+        return raw
+    return merge_base(raw, path, (path.resolve(),))
+
+
+def merge_base(raw: dict[str, Any], path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """``raw`` on top of the config named by its ``"base"`` key (a path relative to ``path``'s
+    folder; a base may name a base of its own). Blocks merge key by key, the file's values
+    winning; a ``detector`` or ``strategy`` block that names another class than the base's
+    replaces it whole (parameters belong to one class); lists and values replace."""
+    if "base" not in raw:
+        return raw
+    name = raw["base"]
+    if not isinstance(name, str):
+        raise ConfigError(f"{path}: base: expected the path of a run config, got {name!r}")
+    base_path = (path.parent / name).resolve()
+    if base_path in chain:
+        raise ConfigError(
+            f"{path}: base: {name!r} names itself (through {' -> '.join(str(c) for c in chain)})"
+        )
+    if not base_path.is_file():
+        raise ConfigError(
+            f"{path}: base: {base_path} not found (bases are relative to {path.parent})"
+        )
+    base = merge_base(read_json(base_path), base_path, (*chain, base_path))
+    child = {k: v for k, v in raw.items() if k != "base"}
+    return _merged(base, child)
+
+
+def _merged(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in child.items():
+        old = out.get(key)
+        same_class = not (
+            key in ("detector", "strategy")
+            and isinstance(old, dict)
+            and isinstance(value, dict)
+            and "name" in value
+            and value.get("name") != old.get("name")
+        )
+        if isinstance(old, dict) and isinstance(value, dict) and same_class:
+            out[key] = _merged(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a run config (ours, with its base, or CLAD's format), apply overrides and validate
+    it."""
+    raw = read_config(path)
     return validate_config(apply_overrides(raw, overrides or []), str(path))
 
 

@@ -38,10 +38,14 @@ class Block(BaseModel):
 
 
 class TrainingConfig(Block):
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
-    patience: int = Field(5, ge=0)
+    """Shared training settings, passed to every detector whose constructor names them. A key
+    left out (null) keeps the detector's own default (STFPM's lr 0.4, AST's epochs, ...); the
+    values that ran are in ``config.json`` under ``resolved``."""
+
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0.0)
+    patience: int | None = Field(None, ge=0)
     device: str = "auto"
     num_workers: int = Field(0, ge=0)
 
@@ -121,13 +125,24 @@ def validate_config(data: dict[str, Any], source: str) -> RunConfig:
 
 
 def _training_for(detector_cls: type, config: RunConfig) -> dict[str, Any]:
-    """The shared training keys the detector's constructor names, and ``input_mode`` (the
-    dataset's ``mode``) for detectors that take one."""
+    """The shared training keys the config sets (not null) and the detector's constructor names,
+    and ``input_mode`` (the dataset's ``mode``) for detectors that take one."""
     names = parameter_names(detector_cls)
-    shared = {k: v for k, v in config.training.model_dump().items() if k in names}
+    shared = {k: v for k, v in config.training.model_dump().items() if k in names and v is not None}
     if "input_mode" in names:
         shared["input_mode"] = config.dataset.mode
     return shared
+
+
+def resolved(config: RunConfig) -> dict[str, Any]:
+    """What runs, every default filled in: the detector's and the strategy's constructor
+    arguments (the runner's context arguments left out)."""
+    strategy_cls = strategy_table()[config.strategy["name"]]
+    strategy = validate_params(strategy_cls, config.strategy_params(), "strategy", STRATEGY_CONTEXT)
+    return {
+        "detector": {"name": config.detector["name"], **detector_kwargs(config)},
+        "strategy": {"name": config.strategy["name"], **strategy},
+    }
 
 
 def detector_kwargs(config: RunConfig) -> dict[str, Any]:

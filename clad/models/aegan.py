@@ -27,10 +27,13 @@ Scores of a clip (all of the paper's variants, chosen by ``score``):
   the embeddings of the normal training clips the detector was last fitted on (replay memory
   included). The official code uses the same settings (LOF k = 4, KNN k = 2, cosine).
 
-Patches: a clip's spectrogram [n_mels, frames] is cut into windows of ``patch_frames`` frames; at
-scoring time every ``patch_hop`` frames (plus one window ending at the last frame); in training,
-``patches_per_clip`` windows at random offsets per clip and batch (the official code visits every
-offset of every clip once per epoch, 186 per 10-s clip). The anomaly map (``Scores.pixel``) is the
+Patches: a clip's spectrogram [n_mels, frames] is cut into windows of ``patch_frames`` frames,
+every ``patch_hop`` frames (plus one window ending at the last frame). Training, as the official
+code (``patches_per_clip=None``, the default): every window of every training clip once per epoch,
+shuffled across clips, in batches of ``batch_size`` windows (the official DCASE 2020 setting: hop
+1, 186 windows per 10-s clip, batches of 512). ``patches_per_clip=K`` is a cheaper option for
+CPUs: batches of ``batch_size`` clips with ``K`` windows at random offsets each, so an epoch sees
+about ``K / 186`` of the data. The anomaly map (``Scores.pixel``) is the
 squared reconstruction error in the input space, averaged over the windows covering each
 time-frequency bin: [B, n_mels, frames].
 
@@ -51,7 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, autograd, nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from clad.models.base import TrainedDetector
 from clad.records import Scores
@@ -67,6 +70,38 @@ DISCRIMINATOR_SCORES = ("D-LOF", "D-KNN")
 SCORE_NAMES = GENERATOR_SCORES + DISCRIMINATOR_SCORES
 ScoreName = Literal[SCORE_NAMES]  # every variant of the paper, e.g. "G-z-cos-min", "D-LOF"
 PATCH_CHUNK = 512  # patches per forward pass at scoring time
+ANALYSIS_CLIPS = 8  # clips per batch when scoring and embedding (all their windows at once)
+
+
+class Windows(Dataset):
+    """Every ``frames``-wide window, every ``hop`` frames (plus one ending at the last frame), of
+    every clip of ``clips``: item ``i`` is window ``i % P`` of clip ``i // P`` as
+    ``(window [C, n_mels, frames], mask window, label)``."""
+
+    def __init__(self, clips: Dataset, frames: int, hop: int) -> None:
+        if len(clips) == 0:
+            raise ValueError("aegan: no clips to cut into windows")
+        length = clips[0][0].shape[-1]
+        last = length - frames
+        if last < 0:
+            raise ValueError(f"aegan: clips of {length} frames are shorter than {frames}")
+        starts = list(range(0, last + 1, hop))
+        if starts[-1] != last:
+            starts.append(last)
+        self.clips, self.frames, self.starts = clips, frames, starts
+
+    def __len__(self) -> int:
+        return len(self.clips) * len(self.starts)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
+        clip, window = divmod(index, len(self.starts))
+        image, mask, label = self.clips[clip]
+        start = self.starts[window]
+        return (
+            image[..., start : start + self.frames],
+            mask[..., start : start + self.frames],
+            label,
+        )
 
 
 # ----------------------------------------------------------------------------- networks
@@ -245,7 +280,9 @@ class AEGAN(TrainedDetector):
         n_mels: mel bands of the input spectrograms (the patch height).
         patch_frames: frames per patch (the paper: 128 x 128 patches).
         patch_hop: frames between patches at scoring and validation (the paper: 1).
-        patches_per_clip: random patches drawn per clip and training batch.
+        patches_per_clip: None (the official sampling: every window of every clip each epoch,
+            ``batch_size`` windows per batch), or K random windows per clip in batches of
+            ``batch_size`` clips (cheaper; see the module docstring).
         nz: latent size; ndf, ngf: first / last channel widths of the critic-encoder / decoder.
         feature_match_mu, feature_match_sigma: μ1 and μ2 of L_G.
         gradient_penalty: λ of L_D.
@@ -261,7 +298,7 @@ class AEGAN(TrainedDetector):
         n_mels: int = 128,
         patch_frames: int = 128,
         patch_hop: int = 1,
-        patches_per_clip: int = 16,
+        patches_per_clip: int | None = None,
         nz: int = 256,
         ndf: int = 32,
         ngf: int = 32,
@@ -281,7 +318,7 @@ class AEGAN(TrainedDetector):
     ) -> None:
         for name, value in (
             ("patch_hop", patch_hop),
-            ("patches_per_clip", patches_per_clip),
+            ("patches_per_clip", 1 if patches_per_clip is None else patches_per_clip),
             ("nz", nz),
             ("ndf", ndf),
             ("ngf", ngf),
@@ -377,9 +414,14 @@ class AEGAN(TrainedDetector):
         )
 
     def training_step(self, images: Tensor, optimizer: tuple) -> dict[str, float]:
-        """One critic update on ``patches_per_clip`` random patches per clip, and a generator
-        update every ``n_critic`` critic steps (counted over the whole ``fit``)."""
-        real = self._random_patches(self._spectrogram(images))
+        """One critic update on a batch of windows (``patches_per_clip`` random ones per clip, or
+        the batch itself when it holds windows already), and a generator update every
+        ``n_critic`` critic steps (counted over the whole ``fit``)."""
+        spec = self._spectrogram(images)  # [B, H, T]
+        if self.patches_per_clip is None:
+            real = spec[:, None]  # [B, 1, H, W]: the loader gives windows
+        else:
+            real = self._random_patches(spec)
         record = self._train_step(real, self._critic_steps, optimizer)
         self._critic_steps += 1
         return record
@@ -437,7 +479,16 @@ class AEGAN(TrainedDetector):
         weights; early stopping on ``val``'s reconstruction MSE), then the embedding bank of
         ``train`` for D-LOF/D-KNN."""
         self._critic_steps = 0
-        super().fit(train, val)
+        if self.patches_per_clip is None:
+            windows = Windows(train, self.patch_frames, self.patch_hop)
+            held_out = (
+                None
+                if val is None or len(val) == 0
+                else Windows(val, self.patch_frames, self.patch_hop)
+            )
+            super().fit(windows, held_out)
+        else:
+            super().fit(train, val)
         self.train_embeddings = self._embeddings(train)
         self._fit_neighbours()
 
@@ -481,10 +532,8 @@ class AEGAN(TrainedDetector):
     @torch.no_grad()
     def _embeddings(self, data: Dataset) -> Tensor:
         """Clip embeddings [N, C] (CPU float32) of a dataset."""
-        rows = [
-            self._analyse(clips)["embedding"].cpu()
-            for clips, _, _ in self._loader(data, shuffle=False)
-        ]
+        loader = DataLoader(data, batch_size=ANALYSIS_CLIPS, shuffle=False)
+        rows = [self._analyse(clips)["embedding"].cpu() for clips, _, _ in loader]
         return torch.cat(rows).float()
 
     def _fit_neighbours(self) -> None:
@@ -533,6 +582,8 @@ class AEGAN(TrainedDetector):
     def predict(self, x: Tensor) -> Scores:
         """Scores of clips x [B, C, n_mels, frames]: image = the ``score`` variant [B];
         pixel = the squared-error map [B, n_mels, frames]."""
+        self._spectrogram(x)  # shape errors first: they say what to set
+        self.check_fitted()
         analysis = self._analyse(x)
         return Scores(
             image=self._score_from(analysis, self.score), pixel=analysis["map"].float().cpu()

@@ -541,6 +541,7 @@ class AST(TrainedDetector):
     @torch.no_grad()
     def predict(self, x: Tensor) -> Scores:
         self._check(x)
+        self.check_fitted()
         self.network.eval()
         x = x.to(self.device)
         encoded = self.network.encode(x)

@@ -139,6 +139,7 @@ class ReconstructionDetector(TrainedDetector):
     @torch.no_grad()
     def predict(self, x: Tensor) -> Scores:
         self._check_size(x)
+        self.check_fitted()
         self.network.eval()
         x = x.to(self.device)
         recon = self.network(x)

@@ -60,8 +60,16 @@ class Detector(ABC):
         """Restore what ``state_dict`` returned."""
 
     @property
+    @abstractmethod
     def is_fitted(self) -> bool:
-        return True
+        """Whether ``fit`` (or ``load_state_dict`` of a fitted state) has run."""
+
+    def check_fitted(self) -> None:
+        """Fail, naming the detector, when ``predict`` is called before anything was learnt."""
+        if not self.is_fitted:
+            raise RuntimeError(
+                f"{self.name}: predict called before fit (the detector has learnt nothing yet)"
+            )
 
 
 class TrainedDetector(Detector):
@@ -122,6 +130,12 @@ class TrainedDetector(Detector):
     def loss(self, images: Tensor) -> Tensor | Mapping[str, Tensor]:
         """The objective on a batch of normal images [B, C, H, W]: a scalar, or named terms
         with ``"loss"`` among them."""
+
+    @property
+    def is_fitted(self) -> bool:
+        """A trained detector is fitted once it has trained an epoch (its history is saved with
+        its state, so a loaded one is too)."""
+        return bool(self.history)
 
     def validation_loss(self, images: Tensor) -> Tensor:
         """Loss used for model selection; by default ``loss`` (its ``"loss"`` term)."""

@@ -14,17 +14,22 @@ nearest centroids and ``r`` a learned radius, the soft-boundary loss is
     L_att = (1/nu) mean relu(d_k - r^2),            k = 1..K        (pull to K nearest)
     L_rep = (1/nu) mean relu(r^2 - d_k - alpha),    k = K+1..K+J    (push hard negatives)
 
-At test time a position's score is ``softmin(d_1..d_K)_1 * d_1``; the map is upsampled to the
-input size and Gaussian-smoothed, and the image score is its maximum.
+At test time, with ``e_k = sqrt(d_k)`` the Euclidean distances (the paper's code and anomalib take
+the square root first), a position's score is ``softmin(e_1..e_K)_1 * e_1``; the map is
+upsampled to the input size and Gaussian-smoothed, and the image score is its maximum.
+``score_distance="squared"`` scores ``softmin(d_1..d_K)_1 * d_1`` instead (an option, not the
+method; see the README's parity section for what it measures).
 
 Where ours differs from (simplifies) the paper and its code:
-- Memory initialisation: the paper's code averages the adapted descriptors over all training
-  images at each position (one centroid per position, optionally k-means-compressed by
-  ``gamma_c``), which presumes aligned images of a single category. Here ``memory_size``
-  centroids are chosen from all training descriptors (at most about ``MAX_INIT_FEATURES``, an
-  equal random share from each batch) by greedy k-center coreset selection (PatchCore's rule,
-  ``clad.models.components.coreset``) and refined by ``kmeans_iters`` Lloyd iterations, so a
-  memory built on replayed or joint data covers every category in it.
+- Memory initialisation (``memory_init``): the paper's code averages the adapted descriptors
+  over all training images at each position (one centroid per position, h x w of them,
+  optionally k-means-compressed by ``gamma_c``): ``"position_mean"``, which presumes aligned
+  images of a single category. The default here, ``"coreset"``, chooses ``memory_size``
+  centroids from all training descriptors (at most about ``MAX_INIT_FEATURES``, an equal random
+  share from each batch) by greedy k-center coreset selection (PatchCore's rule,
+  ``clad.models.components.coreset``) refined by ``kmeans_iters`` Lloyd iterations, so a memory
+  built on replayed or joint data covers every category in it; the README's parity section gives
+  both on real bottle.
 - Continual learning: every ``fit`` rebuilds the memory from the data it is given with the
   current adaptor, then continues training the adaptor (and ``r``) from their current values.
   Under ``naive`` the memory therefore holds the current task only; under ``replay`` and the
@@ -38,12 +43,14 @@ Where ours differs from (simplifies) the paper and its code:
   ResNet-18 and EfficientNet-B5. Its code divides EfficientNet features by their channel count
   before concatenation; we do not.
 - Training: the shared loop (validation-loss early stopping on held-out normal images) with
-  AdamW, ``lr`` and ``weight_decay`` (the paper: AdamW, lr 1e-3, weight decay 5e-4, 30
-  epochs). Image size: the dataset's (the paper uses 224 or 256); ``smoothing_sigma`` is in
-  input pixels (the paper's 4 at 256 px; scale it with the image).
+  AdamW (amsgrad, as the paper's code), ``lr`` and ``weight_decay`` (the paper: lr 1e-3, weight
+  decay 5e-4, 30 epochs). Image size: the dataset's (the paper uses 224 or 256);
+  ``smoothing_sigma`` is in input pixels (the paper's 4 at 256 px; scale it with the image).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -150,6 +157,11 @@ class CFA(TrainedDetector):
         alpha: the repulsion margin.
         smoothing_sigma: Gaussian smoothing of the map, in input pixels.
         weight_decay: AdamW weight decay.
+        score_distance: ``"euclidean"`` (the paper's code: square root of the squared
+            distances before the softmin) or ``"squared"``.
+        memory_init: ``"coreset"`` (``memory_size`` centroids from all descriptors) or
+            ``"position_mean"`` (the paper's code: the mean descriptor at each position; the
+            memory then has h x w centroids and ``memory_size`` and ``kmeans_iters`` are unused).
     """
 
     def __init__(
@@ -166,6 +178,8 @@ class CFA(TrainedDetector):
         alpha: float = 0.1,
         smoothing_sigma: float = 4.0,
         weight_decay: float = 5e-4,
+        score_distance: Literal["euclidean", "squared"] = "euclidean",
+        memory_init: Literal["coreset", "position_mean"] = "coreset",
         epochs: int = 20,
         batch_size: int = 16,
         lr: float = 1e-3,
@@ -192,6 +206,16 @@ class CFA(TrainedDetector):
         self.alpha = alpha
         self.smoothing_sigma = smoothing_sigma
         self.weight_decay = weight_decay
+        if score_distance not in ("euclidean", "squared"):
+            raise ValueError(
+                f"cfa: score_distance must be euclidean or squared, got {score_distance!r}"
+            )
+        if memory_init not in ("coreset", "position_mean"):
+            raise ValueError(
+                f"cfa: memory_init must be coreset or position_mean, got {memory_init!r}"
+            )
+        self.score_distance = score_distance
+        self.memory_init = memory_init
         self.memory: Tensor | None = None  # [M, D'] centroids, fixed during training
 
     @property
@@ -200,12 +224,14 @@ class CFA(TrainedDetector):
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.network.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, amsgrad=True)
 
     @torch.no_grad()
     def build_memory(self, train: Dataset) -> Tensor:
         """Centroids [M, D'] from the adapted descriptors of ``train`` (see the module doc)."""
         self.network.eval()
+        if self.memory_init == "position_mean":
+            return self._position_means(train)
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
         loader = self._loader(train, shuffle=False)
         per_batch = -(-MAX_INIT_FEATURES // len(loader))  # keeps at most ~MAX_INIT_FEATURES
@@ -229,6 +255,16 @@ class CFA(TrainedDetector):
         )
         centroids = feats[chosen.to(feats.device)]  # [M, D']
         return kmeans_refine(feats, centroids, self.kmeans_iters)
+
+    def _position_means(self, train: Dataset) -> Tensor:
+        """The paper's memory: the mean adapted descriptor at each position over ``train``,
+        [h * w, D'] (images must share one size)."""
+        total, count = None, 0
+        for images, _, _ in self._loader(train, shuffle=False):
+            phi = self.network(images.to(self.device)).float()  # [B, h, w, D']
+            total = phi.sum(dim=0) if total is None else total + phi.sum(dim=0)
+            count += len(phi)
+        return (total / count).flatten(0, 1)  # [h * w, D']
 
     def fit(self, train: Dataset, val: Dataset | None = None) -> None:
         if len(train) == 0:
@@ -257,9 +293,12 @@ class CFA(TrainedDetector):
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Scores:
+        self.check_fitted()
         self.network.eval()
         x = x.to(self.device)
-        dist = self._nearest(x, self.k_nearest)  # [B, h, w, K]
+        dist = self._nearest(x, self.k_nearest)  # [B, h, w, K], squared
+        if self.score_distance == "euclidean":
+            dist = dist.sqrt()
         score = F.softmin(dist, dim=-1)[..., 0] * dist[..., 0]  # [B, h, w]
         maps = F.interpolate(
             score[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False

@@ -28,9 +28,10 @@ Where ours differs from the paper:
   networks. The layer structure is the paper's at any width.
 - Anomaly sources: DTD when ``anomaly_source_path`` is given (as in the paper and CLAD),
   otherwise built-in procedural textures (logged; not comparable with DTD results). The texture
-  augmentation (3 of 9 imgaug operations in the paper's code) is reimplemented in torch/kornia
-  without the saturation change that accompanies imgaug's hue shift
-  (``clad.models.components.anomaly_sources.augment_texture``).
+  augmentation (3 of the 10 imgaug operations of the paper's code) is reimplemented in
+  torch/kornia (``clad.models.components.anomaly_sources.augment_texture``; brightness acts on
+  RGB rather than imgaug's luminance channel). Perlin masks are rotated with zero-filled corners
+  and the networks start from the paper's code's initialisation (``draem_init``), as there.
 - The paper's code rotates 30 % of the normal training images by up to 90 degrees before the
   anomaly is pasted; we do not (rotation is not a valid augmentation for aligned objects).
 - Image size: whatever the dataset provides (the paper uses 256 x 256); sides must be divisible
@@ -144,6 +145,7 @@ class DRAEM(TrainedDetector):
     @torch.no_grad()
     def predict(self, x: Tensor) -> Scores:
         self._check_size(x)
+        self.check_fitted()
         self.network.eval()
         x = x.to(self.device)
         with self.autocast():

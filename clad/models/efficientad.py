@@ -42,9 +42,10 @@ Where ours differs from the paper:
   training images (so the teacher is then specific to the first task). Both choices are logged.
   With efficientnet-lite0 the two default layers have 40 + 112 channels, fewer than ``C = 384``:
   channel pooling then repeats channels, so the 384 targets carry 152 channels' information.
-- Penalty: only when ``imagenet_train_path`` is given (Tiny ImageNet in CLAD: 64 px images,
-  upsampled to the input size; grayscale with probability 0.3 as in the paper); otherwise
-  ``L_ST = L_hard`` and a log line says the penalty is off.
+- Penalty: on whenever ``imagenet_train_path`` holds images (default ``tiny-imagenet-200``, the
+  repository's folder; Tiny ImageNet as in CLAD: 64 px images, resized to twice the input size
+  and centre-cropped as the reference code does, grayscale with probability 0.3 as in the
+  paper); otherwise ``L_ST = L_hard`` and a log line says the penalty is off.
 - Padding: ``padding=True`` (the default here) pads the PDN's convolutions (the reference code's
   option), so small inputs (32-128 px) keep a usable map (stride 4, side ``S / 4``); the paper's
   setting is ``padding=False`` (a 56 x 56 map for 256 px inputs, zero-padded by 4 before resizing).
@@ -78,7 +79,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from clad.models.base import TrainedDetector, seeded_generator
-from clad.models.components.anomaly_sources import PenaltyImages
+from clad.models.components.anomaly_sources import PenaltyImages, find_images
 from clad.models.components.backbone import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -249,6 +250,27 @@ def _images_only(batch: Tensor | Sequence) -> Tensor:
     return batch if isinstance(batch, Tensor) else batch[0]
 
 
+DEFAULT_IMAGENET = "tiny-imagenet-200"  # the top-level folder of the repository (README there)
+
+
+def penalty_images(path: str | None) -> PenaltyImages | None:
+    """The penalty images of ``path`` (resized in ``fit``), or None with a log line that the
+    penalty is off: when ``path`` is None, or when it is the default folder and that holds no
+    images. Any other path must hold images (``DatasetError`` otherwise)."""
+    if path is None:
+        log.warning("EfficientAD: imagenet_train_path is null; the ImageNet penalty is off")
+        return None
+    folder = Path(path)
+    if path == DEFAULT_IMAGENET and not (folder.is_dir() and find_images(folder)):
+        log.warning(
+            "EfficientAD: the default penalty folder %s holds no images (see its README); the "
+            "ImageNet penalty is off",
+            path,
+        )
+        return None
+    return PenaltyImages(path, 256, PENALTY_GRAYSCALE)
+
+
 @register_detector("efficientad")
 class EfficientAD(TrainedDetector):
     """EfficientAD-S (Batzner et al., WACV 2024); see the module docstring for the method and
@@ -269,7 +291,9 @@ class EfficientAD(TrainedDetector):
         distill_steps: distillation steps (batches of ``batch_size``); the paper: 60 000.
         distill_lr: Adam learning rate of the distillation.
         imagenet_train_path: an ImageNet-style image folder (Tiny ImageNet) for the penalty
-            loss and for distillation; None: no penalty, distill on the training images.
+            loss and for distillation. The default, ``tiny-imagenet-200`` (the repository's
+            folder), turns the penalty on whenever it holds images; None: no penalty, distill on
+            the training images.
         weight_decay: Adam weight decay (paper: 1e-5).
         mixed_precision: float16 autocast with gradient scaling on CUDA (ignored on CPU).
     """
@@ -285,7 +309,7 @@ class EfficientAD(TrainedDetector):
         distill_layers: tuple[str, ...] | None = None,
         distill_steps: int = 1000,
         distill_lr: float = 1e-3,
-        imagenet_train_path: str | None = None,
+        imagenet_train_path: str | None = DEFAULT_IMAGENET,
         weight_decay: float = 1e-5,
         epochs: int = 20,
         batch_size: int = 8,
@@ -303,13 +327,7 @@ class EfficientAD(TrainedDetector):
         self.distill_steps = distill_steps
         self.distill_lr = distill_lr
         self.weight_decay = weight_decay
-        self.penalty = (
-            PenaltyImages(imagenet_train_path, 256, PENALTY_GRAYSCALE)  # resized in fit
-            if imagenet_train_path
-            else None
-        )
-        if self.penalty is None:
-            log.warning("EfficientAD: no imagenet_train_path given; the ImageNet penalty is off")
+        self.penalty = penalty_images(imagenet_train_path)
         self._penalty_batches: Iterator[Tensor] | None = None
         self.teacher_weights = teacher_weights
         if teacher_weights is not None:
@@ -536,9 +554,8 @@ class EfficientAD(TrainedDetector):
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Scores:
-        if not self.is_fitted:
-            raise RuntimeError("EfficientAD.predict: fit() must run first (no map quantiles)")
         self._check_size(x)
+        self.check_fitted()
         self.network.eval()
         x = x.to(self.device)
         with self.autocast():

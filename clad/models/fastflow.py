@@ -147,6 +147,7 @@ class FastFlow(TrainedDetector):
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Scores:
+        self.check_fitted()
         self.network.eval()
         x = x.to(self.device)
         zs, _ = self.network(x)

@@ -125,8 +125,7 @@ class MemoryBankDetector(Detector):
         return self.memory is not None
 
     def predict(self, x: Tensor) -> Scores:
-        if self._prepared is None:
-            raise RuntimeError(f"{self.name}: predict called before fit")
+        self.check_fitted()
         with torch.no_grad():
             scores, _ = self.score(self.embed(x.to(self.device)), self._prepared, x.shape[-2:])
         return Scores(image=scores.image.float().cpu(), pixel=scores.pixel.float().cpu())

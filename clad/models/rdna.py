@@ -84,6 +84,7 @@ from clad.models.components.draem import (
     DiscriminativeSubNetwork,
     ReconstructiveSubNetwork,
     check_score_window,
+    draem_init,
     focal_loss,
     ssim_loss,
     step_schedule,
@@ -144,6 +145,8 @@ class RdnaNetwork(nn.Module):
         super().__init__()
         self.reconstruction = ReconstructiveSubNetwork(recon_width)
         self.segmentation = DiscriminativeSubNetwork(seg_width)
+        self.reconstruction.apply(draem_init)  # DRAEM's initialisation (RDNA's code is DRAEM's)
+        self.segmentation.apply(draem_init)
         self.reconstruction_discriminator = PatchDiscriminator(3, recon_disc_width, disc_layers)
         self.segmentation_discriminator = PatchDiscriminator(
             4 if seg_disc_with_image else 1, seg_disc_width, disc_layers
@@ -367,6 +370,7 @@ class RDNA(TrainedDetector):
         """Anomaly map = the segmentation network's anomaly probability [B, H, W] (smoothed with
         ``smoothing_sigma``); image score = max of the map mean-filtered over ``score_window``."""
         self._check_size(x)
+        self.check_fitted()
         self.network.eval()
         x = x.to(self.device)
         with self.autocast():

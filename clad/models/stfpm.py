@@ -142,6 +142,7 @@ class STFPM(TrainedDetector):
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Scores:
+        self.check_fitted()
         self.network.eval()
         x = x.to(self.device)
         with autocast_bf16(self.device):

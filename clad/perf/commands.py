@@ -40,7 +40,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from clad.perf import race, scaling, train
+from clad.perf import parity, race, scaling, train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         "--anomalib-python", help="anomalib's interpreter (default .venv-anomalib)"
     )
     race_cmd.add_argument("--cache-dir", default=str(race.ROOT / "benchmarks_out" / "cache"))
+    parity.add_parser(commands)
     scaling_cmd = commands.add_parser("cl-scaling", help="PatchCore under cl over many tasks")
     scaling_cmd.add_argument("--tasks", type=int, default=10)
     scaling_cmd.add_argument("--mem-size-cl", type=int, default=2000)
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "setup-anomalib":
         race.setup_anomalib(Path(args.venv))
+    elif args.command == "parity":
+        parity.parity(args)
     elif args.command == "cl-scaling":
         print("| variant | task | name | bank rows | bank MB | learn s | test images/s |")
         print("|---|---|---|---|---|---|---|")

@@ -9,8 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from clad.config import is_clad_format, read_json
-from clad.config.clad_format import translate
+from clad.config import read_config, read_json
 from clad.errors import ConfigError
 from clad.registry import format_validation_error
 
@@ -91,12 +90,4 @@ def base_config(spec: SweepSpec, sweep_path: Path) -> tuple[dict[str, Any], str]
             candidate = beside
     if not candidate.is_file():
         raise ConfigError(f"{sweep_path}: base: run configuration {spec.base!r} not found")
-    raw = read_json(candidate)
-    if is_clad_format(raw):
-        raw, ignored = translate(raw, candidate)
-        if ignored:
-            print(
-                f"[sweep] {candidate}: CLAD keys with no meaning here, ignored: "
-                f"{', '.join(ignored)}"
-            )
-    return raw, str(candidate)
+    return read_config(candidate, "[sweep]"), str(candidate)

@@ -7,7 +7,7 @@
   colour noise, stripes, checkerboards, cells and grain with random colours, frequencies and
   angles. It stands in for DTD offline; it is not DTD (fewer kinds of structure, no natural
   photographs), and results with it are not comparable with DRAEM's published numbers.
-- ``augment_texture``: DRAEM's augmentation of a source texture (3 of 9 operations).
+- ``augment_texture``: DRAEM's augmentation of a source texture (3 of its 10 operations).
 - ``PenaltyImages``: the images of an ImageNet-style folder (Tiny ImageNet, as CLAD passes it
   with ``imagenet_train_path``) for EfficientAD's penalty loss.
 
@@ -212,33 +212,60 @@ def _autocontrast(x: Tensor) -> Tensor:
     return ((x - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
 
 
-def augment_texture(texture: Tensor, generator: torch.Generator) -> Tensor:
-    """DRAEM's augmentation of a source texture [3, S, S]: three distinct operations, in random
-    order, out of: gamma contrast (0.5-2), multiply and add brightness (x0.8-1.2, +-30/255), hue
-    shift (+-50/255 of the circle), solarize (threshold 32-128 / 255), posterize (1-7 bits),
-    invert, autocontrast, equalize, rotation (+-45 degrees, black corners).
+def _hue_saturation(x: Tensor, hue: float, saturation: float) -> Tensor:
+    """imgaug's ``AddToHueAndSaturation``: add ``hue`` (a fraction of the colour circle) and
+    ``saturation`` (in [0, 1] units) in HSV."""
+    hsv = kornia.color.rgb_to_hsv(x)  # [1, 3, S, S]: h in [0, 2 pi), s and v in [0, 1]
+    h = torch.remainder(hsv[:, :1] + hue * 2 * math.pi, 2 * math.pi)
+    s = (hsv[:, 1:2] + saturation).clamp(0, 1)
+    return kornia.color.hsv_to_rgb(torch.cat([h, s, hsv[:, 2:]], dim=1))
 
-    DRAEM's code uses imgaug; these are torch/kornia versions of the same operations (imgaug's
-    saturation change that comes with the hue shift is left out).
+
+AUGMENTATIONS = 10  # DRAEM's list of imgaug operations
+
+
+def augment_texture(texture: Tensor, generator: torch.Generator) -> Tensor:
+    """DRAEM's augmentation of a source texture [3, S, S]: three distinct operations of its ten,
+    in random order (``randAugmenter`` in DRAEM's ``data_loader.py``):
+
+    0. ``GammaContrast((0.5, 2), per_channel=True)``: a gamma per channel;
+    1. ``MultiplyAndAddToBrightness(mul=(0.8, 1.2), add=(-30, 30))``: on RGB here (imgaug changes
+       the luminance channel of a colour space);
+    2. ``pillike.EnhanceSharpness()``: factor in (0, 2) (kornia's ``sharpness``, PIL's rule);
+    3. ``AddToHueAndSaturation((-50, 50), per_channel=True)``: separate hue and saturation
+       shifts of up to 50/255 in HSV;
+    4. ``Solarize(0.5, threshold=(32, 128))``: with probability 0.5;
+    5. ``Posterize()``: 1 to 8 bits;
+    6. ``Invert()``; 7. ``pillike.Autocontrast()``; 8. ``pillike.Equalize()``;
+    9. ``Affine(rotate=(-45, 45))``: corners filled with 0.
+
+    These are torch/kornia versions of imgaug's operations; every random draw comes from
+    ``generator``.
     """
-    operations = torch.randperm(9, generator=generator)[:3].tolist()
+    operations = torch.randperm(AUGMENTATIONS, generator=generator)[:3].tolist()
     x = texture[None]  # [1, 3, S, S]
     for op in operations:
         if op == 0:
-            x = x.clamp_min(0) ** _uniform(generator, 0.5, 2.0)
+            gammas = torch.tensor([_uniform(generator, 0.5, 2.0) for _ in range(3)])
+            x = x.clamp_min(0) ** gammas.view(1, 3, 1, 1)
         elif op == 1:
             x = x * _uniform(generator, 0.8, 1.2) + _uniform(generator, -30, 30) / 255
         elif op == 2:
-            x = kornia.enhance.adjust_hue(x, _uniform(generator, -50, 50) / 255 * 2 * math.pi)
+            x = kornia.enhance.sharpness(x, _uniform(generator, 0.0, 2.0))
         elif op == 3:
-            x = kornia.enhance.solarize(x, _uniform(generator, 32, 128) / 255)
+            hue, saturation = _uniform(generator, -50, 50), _uniform(generator, -50, 50)
+            x = _hue_saturation(x, hue / 255, saturation / 255)
         elif op == 4:
-            x = kornia.enhance.posterize(x, _randint(generator, 1, 8))
+            threshold = _uniform(generator, 32, 128) / 255
+            if float(torch.rand((), generator=generator)) < 0.5:
+                x = kornia.enhance.solarize(x, threshold)
         elif op == 5:
-            x = 1.0 - x
+            x = kornia.enhance.posterize(x, _randint(generator, 1, 9))
         elif op == 6:
-            x = _autocontrast(x)
+            x = 1.0 - x
         elif op == 7:
+            x = _autocontrast(x)
+        elif op == 8:
             x = kornia.enhance.equalize(x)
         else:
             angle = torch.tensor([_uniform(generator, -45, 45)])
@@ -251,8 +278,10 @@ def augment_texture(texture: Tensor, generator: torch.Generator) -> Tensor:
 
 
 class PenaltyImages(Dataset):
-    """The images of an ImageNet-style folder, resized to ``image_size`` (a side, or (H, W))
-    for EfficientAD's penalty; ``resized`` gives the same files at another size.
+    """The images of an ImageNet-style folder for EfficientAD's penalty, at ``image_size`` (a
+    side, or (H, W)) as the reference code makes them: resized to twice the size, then centre-
+    cropped to it (the central quarter of the image); ``resized`` gives the same files at another
+    size.
 
     ``root`` may be the Tiny ImageNet folder (``tiny-imagenet-200``: only its ``train/`` images
     are used, never ``val/`` or ``test/``) or any folder of images, searched recursively. Items are
@@ -293,8 +322,9 @@ class PenaltyImages(Dataset):
         size = self.image_size
         size = [size, size] if isinstance(size, int) else list(size)
         image = decode(self.files[index], "RGB")  # [3, H, W] uint8
-        image = TF.resize(image, size, antialias=True)
-        image = image.float() / 255.0
+        # the reference code's pipeline: resize to twice the size, then the central crop
+        image = TF.resize(image, [2 * size[0], 2 * size[1]], antialias=True)
+        image = TF.center_crop(image, size).float() / 255.0
         if self.grayscale_probability > 0 and float(torch.rand(())) < self.grayscale_probability:
             image = TF.rgb_to_grayscale(image, num_output_channels=3)
         return image

@@ -120,6 +120,16 @@ class DiscriminativeSubNetwork(nn.Module):
         return self.head(x)
 
 
+def draem_init(module: nn.Module) -> None:
+    """DRAEM's ``weights_init`` (``train_DRAEM.py``), for ``module.apply``: convolution weights
+    ~ N(0, 0.02) (biases keep PyTorch's default), batch-norm weights ~ N(1, 0.02), biases 0."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
 class DraemNetwork(nn.Module):
     """The two sub-networks; ``forward(x)`` returns (reconstruction, segmentation logits)."""
 
@@ -127,6 +137,7 @@ class DraemNetwork(nn.Module):
         super().__init__()
         self.reconstructive = ReconstructiveSubNetwork(recon_width)
         self.discriminative = DiscriminativeSubNetwork(disc_width)
+        self.apply(draem_init)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         reconstruction = self.reconstructive(x)

@@ -55,7 +55,8 @@ def perlin_noise(size: tuple[int, int], res: tuple[int, int], generator: torch.G
 
 
 def rotate(image: Tensor, degrees: float) -> Tensor:
-    """Rotate an [H, W] map about its centre (bilinear, reflected borders)."""
+    """Rotate an [H, W] map about its centre (bilinear; the corners that come from outside the
+    map are 0, as imgaug's ``Affine`` fills them in DRAEM's code)."""
     theta = math.radians(degrees)
     height, width = image.shape
     matrix = torch.tensor(
@@ -67,7 +68,7 @@ def rotate(image: Tensor, degrees: float) -> Tensor:
     )[None]  # [1, 2, 3], in normalised coordinates, corrected for the aspect ratio
     grid = F.affine_grid(matrix, [1, 1, height, width], align_corners=False)
     out = F.grid_sample(
-        image[None, None], grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        image[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
     )
     return out[0, 0]
 

@@ -8,6 +8,7 @@ strategy, the matrices and every RNG restored, so the metrics equal an uninterru
 
 from __future__ import annotations
 
+import math
 import resource
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from clad.metrics import (
     evaluate_scores,
     validation_threshold,
 )
+from clad.metrics.audio import OFFICIAL_SCORE, official_score
 from clad.metrics.continual import summarize
 from clad.models.base import resolve_device
 from clad.records import ScoredSet, Task
@@ -37,7 +39,18 @@ from clad.strategies.base import Strategy
 from clad.tracking import files
 from clad.tracking.loggers import Logger, build_loggers
 
-COST_KEYS = ("train_seconds", "infer_images_per_s", "detector_mb", "memory_mb", "peak_memory_mb")
+COST_KEYS = (
+    "train_seconds",
+    "infer_images_per_s",
+    "trainable_mb",
+    "pretrained_mb",
+    "memory_mb",
+    "peak_memory_mb",
+)
+"""Costs per task. ``trainable_mb``, ``pretrained_mb``, ``memory_mb``: the strategy's
+``cost_bytes`` (``clad.models.base.COST_KINDS``): every detector's weights it fitted, its frozen
+pretrained weights, and every stored datum (banks, replay images, per-task memories), each byte
+once."""
 
 
 class RunExistsError(RuntimeError):
@@ -76,17 +89,6 @@ def score_dataset(
         maps=np.concatenate(maps) if has_maps else None,
         seconds=seconds,
     )
-
-
-def state_mb(state: object) -> float:
-    """Megabytes of all tensors in a (nested) state dict."""
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size() / 2**20
-    if isinstance(state, dict):
-        return sum(state_mb(v) for v in state.values())
-    if isinstance(state, (list, tuple)):
-        return sum(state_mb(v) for v in state)
-    return 0.0
 
 
 def peak_memory_mb(device_type: str) -> float:
@@ -231,15 +233,15 @@ class Run:
         began = time.perf_counter()
         strategy.learn(tasks[t])
         costs["train_seconds"].append(time.perf_counter() - began)
-        image_thr, pixel_thr = self._thresholds(strategy, tasks[: t + 1])
+        image_thr, pixel_thr = self._thresholds(strategy, tasks, t, thresholds)
         thresholds["image"].append(image_thr)
         thresholds["pixel"].append(pixel_thr)
         row = self._evaluate_row(strategy, tasks, t, progress.matrices, image_thr, pixel_thr, costs)
-        costs["detector_mb"].append(sum(state_mb(d.state_dict()) for d in strategy.detectors()))
-        costs["memory_mb"].append(strategy.memory_bytes() / 2**20)
+        for kind, value in strategy.cost_bytes().items():
+            costs[f"{kind}_mb"].append(value / 2**20)
         costs["peak_memory_mb"].append(peak_memory_mb(device_type))
         names = [task.name for task in tasks]
-        summary = summarize(progress.matrices, upto=t)
+        summary = self._summary(strategy, progress, t)
         record = self._record(names, progress, summary, t + 1, wall_start)
         files.write_json(self.metrics_path, record)
         values = self._step_values(progress.matrices, summary, costs, t, names)
@@ -277,7 +279,7 @@ class Run:
         if last_row is None:  # resumed a finished run: score the final row again for the plots
             last_row = [self._score(strategy, task) for task in tasks]
         names = [task.name for task in tasks]
-        summary = summarize(progress.matrices, upto=len(tasks) - 1)
+        summary = self._summary(strategy, progress, len(tasks) - 1)
         record = self._record(names, progress, summary, len(tasks), wall_start)
         files.write_json(self.metrics_path, record)
         write_metrics_csv(self.dir / "metrics.csv", record)
@@ -287,6 +289,14 @@ class Run:
         for logger in loggers:
             logger.finish(summary, record, produced)
         return record
+
+    def _summary(self, strategy: Strategy, progress: Progress, t: int) -> dict[str, float]:
+        """The CL summary after task ``t``; for machine sounds with domains also DCASE's official
+        score (``clad.metrics.audio.official_score``)."""
+        summary = summarize(progress.matrices, upto=t, transfer=not strategy.sees_future_tasks)
+        if self.config.dataset.modality == "audio":
+            summary[OFFICIAL_SCORE] = official_score(progress.matrices, t)
+        return summary
 
     def _plots(self, record: dict, last_row: list[ScoredSet], tasks: Sequence[Task]) -> list[Path]:
         overlays = self.config.evaluation.overlays_per_task
@@ -339,16 +349,25 @@ class Run:
             aupro_fpr_limit=self.config.evaluation.aupro_fpr_limit,
         )
 
-    def _thresholds(self, strategy: Strategy, seen: Sequence[Task]) -> tuple[float, float]:
-        """Image and pixel thresholds from the validation normals of the tasks seen so far
-        (quantile ``evaluation.threshold_quantile`` of their pooled scores); never test data."""
-        scored = [self._score(strategy, task, task.val) for task in seen]
+    def _thresholds(
+        self, strategy: Strategy, tasks: Sequence[Task], t: int, previous: dict[str, list]
+    ) -> tuple[list[float], list[float]]:
+        """Row ``t``'s image and pixel thresholds, one per task: quantile
+        ``evaluation.threshold_quantile`` of the current model's scores on a task's validation
+        normals, for the tasks whose validation images the strategy holds after task t
+        (``Strategy.calibration_tasks``); an earlier task the strategy no longer holds keeps the
+        threshold it had, and a task not learnt yet takes task t's. Never test data."""
         q = self.config.evaluation.threshold_quantile
-        image_thr = validation_threshold(np.concatenate([s.image for s in scored]), q)
-        if any(s.maps is None for s in scored):
-            return image_thr, float("nan")
-        pixel_thr = validation_threshold(np.concatenate([s.maps.ravel() for s in scored]), q)
-        return image_thr, pixel_thr
+        image = list(previous["image"][-1]) if previous["image"] else [math.nan] * len(tasks)
+        pixel = list(previous["pixel"][-1]) if previous["pixel"] else [math.nan] * len(tasks)
+        for k in strategy.calibration_tasks(t, len(tasks)):
+            scored = self._score(strategy, tasks[k], tasks[k].val)
+            image[k] = validation_threshold(scored.image, q)
+            pixel[k] = math.nan if scored.maps is None else validation_threshold(scored.maps, q)
+        for k in range(t + 1, len(tasks)):
+            if k not in strategy.calibration_tasks(t, len(tasks)):
+                image[k], pixel[k] = image[t], pixel[t]
+        return image, pixel
 
     def _evaluate_row(
         self,
@@ -356,15 +375,15 @@ class Run:
         tasks: Sequence[Task],
         t: int,
         matrices: dict[str, np.ndarray],
-        image_thr: float,
-        pixel_thr: float,
+        image_thr: list[float],
+        pixel_thr: list[float],
         costs: dict[str, list[float]],
     ) -> list[ScoredSet]:
         row = []
         images, seconds = 0, 0.0
         for k, task in enumerate(tqdm(tasks, desc=f"evaluate after task {t}", leave=False)):
             scored = self._score(strategy, task)
-            values = self._task_values(task, scored, image_thr, pixel_thr)
+            values = self._task_values(task, scored, image_thr[k], pixel_thr[k])
             for metric, value in values.items():
                 matrices[metric][t, k] = value
             images += len(scored.labels)

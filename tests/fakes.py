@@ -33,6 +33,9 @@ class RecordingDetector(Detector):
     def is_fitted(self) -> bool:
         return bool(self.fits)
 
+    def cost_bytes(self) -> dict[str, int]:
+        return {"trainable": 0, "pretrained": 0, "memory": 0}  # no tensors
+
     def predict(self, x: Tensor) -> Scores:
         self.check_fitted()
         return Scores(image=x.mean(dim=(1, 2, 3)) + self.offset, pixel=x.mean(dim=1))

@@ -55,13 +55,14 @@ def write_run(
         "costs": {
             "train_seconds": [10.0 + seed] * completed,
             "infer_images_per_s": [100.0] * completed,
-            "detector_mb": [5.0] * completed,
+            "trainable_mb": [5.0] * completed,
+            "pretrained_mb": [3.0] * completed,
             "memory_mb": [0.5 if strategy != "naive" else 0.0] * completed,
             "peak_memory_mb": [900.0 + seed] * completed,
             "total_train_seconds": (10.0 + seed) * completed,
             "wall_seconds_this_session": 1.0,
         },
-        "thresholds": {"image": [0.1] * completed, "pixel": [0.1] * completed},
+        "thresholds": {"image": [[0.1] * n] * completed, "pixel": [[0.1] * n] * completed},
     }
     run_dir = folder / f"{detector}_{strategy}" / f"seed_{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -273,3 +274,21 @@ def test_report_command_takes_a_sweep_or_a_run_folder(sweep_folder, capsys):
         "patchcore_replay",
     ]
     assert main(["report", str(sweep_folder / "nothing_here")]) == 2
+
+
+def test_best_marks_choose_by_a_validation_score_when_every_run_has_one(tmp_path):
+    from clad.tracking.comparison.rows import SELECTION_KEY, ranking_key
+
+    folder = tmp_path / "selected"
+    for (detector, strategy), levels in LEVELS.items():
+        for seed, level in enumerate(levels):
+            record = write_run(folder, detector, strategy, seed, level)
+            # a validation score that prefers replay, whose test AUROC is lower than cl's
+            record["summary"][SELECTION_KEY] = 1.0 if strategy == "replay" else 0.0
+            path = folder / f"{detector}_{strategy}" / f"seed_{seed}" / "metrics.json"
+            path.write_text(json.dumps(record))
+    _, rows = load_rows(folder)
+    assert ranking_key(rows) == SELECTION_KEY
+    assert [r.run_name for r in rows if r.best] == ["patchcore_replay"]
+    paths = write_comparison_report(folder)
+    assert "chosen on test results" in paths["md"].read_text()  # the note explains both cases

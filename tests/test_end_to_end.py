@@ -60,7 +60,8 @@ def test_main_writes_every_output(tiny_config):
     for key in ("final_avg/image_auroc", "forgetting/image_auroc", "bwt/pixel_auroc"):
         assert key in record["summary"]
     costs = record["costs"]
-    assert len(costs["train_seconds"]) == 3 and costs["detector_mb"][-1] > 1.0
+    assert len(costs["train_seconds"]) == 3 and costs["trainable_mb"][-1] > 1.0
+    assert costs["pretrained_mb"] == [0.0] * 3  # the conv autoencoder has no backbone
     # replay holds mem_size = 6 images of 3 x 32 x 32 uint8 once the first task is learnt
     assert costs["memory_mb"] == pytest.approx([6 * 3 * 32 * 32 / 2**20] * 3)
     config = json.loads((out / "config.json").read_text())

@@ -172,3 +172,31 @@ def evaluate_audio_scores(
             summary[f"auc_{domain}"] = _nanmean(values[f"auc_{domain}/{x}"] for x in section_names)
     summary["hmean"] = harmonic_mean(harmonic_terms)
     return {**summary, **values}
+
+
+OFFICIAL_SCORE = "official/hmean"
+"""Summary key of the DCASE 2021/2022 official score (``official_score``)."""
+
+
+def official_score(matrices: dict[str, Any], upto: int) -> float:
+    """DCASE 2021/2022's official score after step ``upto``: one harmonic mean (``harmonic_mean``)
+    over all machine types, sections and domains,
+
+        Omega = h{ AUC_{m,n,d}, pAUC_{m,n} : m machine types, n their sections, d in (source,
+        target) }
+
+    taken here over the row ``upto`` of the per-section matrices (``auc_source/<n>``,
+    ``auc_target/<n>``, ``pauc/<n>``), every column (machine type) of it; a section that a
+    machine type does not have is NaN and left out. With as many terms per type, it is lower
+    than the mean of the per-type harmonic means (``final_avg/hmean``) whenever the types
+    differ (a harmonic mean of harmonic means). NaN for data without
+    domains (DCASE 2020, whose evaluator reports arithmetic means over machine ids per type:
+    ``auc`` and ``pauc``, and their averages ``final_avg/auc``, ``final_avg/pauc``).
+    """
+    terms: list[float] = []
+    for name, matrix in matrices.items():
+        metric = name.split("/", 1)[0]
+        if "/" in name and metric in ("auc_source", "auc_target", "pauc"):
+            terms += np.asarray(matrix, dtype=np.float64)[upto].tolist()
+    has_domains = any(name.startswith("auc_source/") for name in matrices)
+    return harmonic_mean(terms) if has_domains else float("nan")

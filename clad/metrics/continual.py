@@ -174,7 +174,9 @@ def forward_transfer(
     return _nanmean(matrix[tasks - 1, tasks] - b[tasks])
 
 
-def summarize(matrices: dict[str, np.ndarray], upto: int | None = None) -> dict[str, float]:
+def summarize(
+    matrices: dict[str, np.ndarray], upto: int | None = None, transfer: bool = True
+) -> dict[str, float]:
     """CL metrics of every results matrix after step ``upto``.
 
     For every metric m: ``final_avg/m`` (``final_average``), ``forgetting/m``
@@ -186,6 +188,9 @@ def summarize(matrices: dict[str, np.ndarray], upto: int | None = None) -> dict[
     Args:
         matrices: ``{metric: [T, T] matrix}``; cells may be NaN (unavailable or not yet run).
         upto: step t (default T - 1 of each matrix).
+        transfer: whether ``fwt/*`` is a transfer measure for these matrices; False for a
+            strategy whose row k-1 has already seen task k (joint training), where it is left
+            out.
 
     Returns:
         ``{"<cl_metric>/<metric>": value}``; undefined values are NaN.
@@ -195,7 +200,7 @@ def summarize(matrices: dict[str, np.ndarray], upto: int | None = None) -> dict[
         summary[f"final_avg/{name}"] = final_average(results, upto)
         summary[f"forgetting/{name}"] = average_forgetting(results, upto)
         summary[f"bwt/{name}"] = backward_transfer(results, upto)
-        if name in AUROC_METRICS:
+        if name in AUROC_METRICS and transfer:
             summary[f"fwt/{name}"] = forward_transfer(results, CHANCE_LEVEL, upto)
         if name in RELATIVE_FORGETTING_METRICS:
             summary[f"rel_forgetting/{name}"] = relative_forgetting(results, upto)

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, autograd, nn
 from torch.utils.data import DataLoader, Dataset
 
-from clad.models.base import TrainedDetector
+from clad.models.base import TrainedDetector, tensor_bytes
 from clad.records import Scores
 from clad.registry import register_detector
 
@@ -590,6 +590,10 @@ class AEGAN(TrainedDetector):
         )
 
     # ------------------------------------------------------------------------- state
+
+    def memory_bytes(self) -> int:
+        """The training clips' embeddings that D-LOF / D-KNN score against."""
+        return 0 if self.train_embeddings is None else tensor_bytes(self.train_embeddings)
 
     def state_dict(self) -> dict:
         return {

@@ -14,8 +14,35 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from clad.models.components.backbone import FeatureExtractor
 from clad.models.components.precision import autocast
 from clad.records import Scores
+
+COST_KINDS = ("trainable", "pretrained", "memory")
+"""What a detector's bytes are: ``trainable`` (the weights and parameters it fitted or drew,
+saved with its state), ``pretrained`` (frozen pretrained weights, loaded from their source and
+not saved; a random-init backbone is saved, since nothing could reload it) and ``memory``
+(stored data: banks, Gaussians, centroids, embeddings)."""
+
+
+def tensor_bytes(state: object) -> int:
+    """Bytes of all tensors in a (nested) state: dicts, lists, tuples."""
+    if isinstance(state, Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(tensor_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(tensor_bytes(v) for v in state)
+    return 0
+
+
+def frozen_backbones(network: nn.Module) -> dict[str, FeatureExtractor]:
+    """The pretrained feature extractors inside ``network``, by module path."""
+    return {
+        name: module
+        for name, module in network.named_modules()
+        if isinstance(module, FeatureExtractor)
+    }
 
 
 def resolve_device(device: str) -> torch.device:
@@ -63,6 +90,10 @@ class Detector(ABC):
     @abstractmethod
     def is_fitted(self) -> bool:
         """Whether ``fit`` (or ``load_state_dict`` of a fitted state) has run."""
+
+    @abstractmethod
+    def cost_bytes(self) -> dict[str, int]:
+        """Bytes by ``COST_KINDS``: each byte of the detector counted once."""
 
     def check_fitted(self) -> None:
         """Fail, naming the detector, when ``predict`` is called before anything was learnt."""
@@ -136,6 +167,24 @@ class TrainedDetector(Detector):
         """A trained detector is fitted once it has trained an epoch (its history is saved with
         its state, so a loaded one is too)."""
         return bool(self.history)
+
+    def memory_bytes(self) -> int:
+        """Bytes of stored data besides the network (CFA's centroids, AEGAN-AD's embeddings)."""
+        return 0
+
+    def cost_bytes(self) -> dict[str, int]:
+        """``trainable``: the network's tensors outside its pretrained backbones (the
+        student, flows, adaptor, ...; EfficientAD's distilled teacher too); ``pretrained``: the
+        frozen backbones; ``memory``: ``memory_bytes()``."""
+        pretrained = sum(
+            tensor_bytes(m.state_dict()) for m in frozen_backbones(self.network).values()
+        )
+        total = tensor_bytes(self.network.state_dict())
+        return {
+            "trainable": total - pretrained,
+            "pretrained": pretrained,
+            "memory": self.memory_bytes(),
+        }
 
     def validation_loss(self, images: Tensor) -> Tensor:
         """Loss used for model selection; by default ``loss`` (its ``"loss"`` term)."""
@@ -242,11 +291,28 @@ class TrainedDetector(Detector):
             self.network.load_state_dict(best_state)
         self.network.eval()
 
+    def _reloadable(self) -> list[str]:
+        """Module paths of the frozen backbones with named weights: reloaded from their source,
+        so left out of the state."""
+        return [name for name, m in frozen_backbones(self.network).items() if m.weights != "none"]
+
     def state_dict(self) -> dict:
-        return {"network": self.network.state_dict(), "history": list(self.history)}
+        """The network's tensors (pretrained backbones left out: see ``COST_KINDS``) and the
+        training history."""
+        skip = tuple(f"{name}." for name in self._reloadable())
+        network = {k: v for k, v in self.network.state_dict().items() if not k.startswith(skip)}
+        return {"network": network, "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.network.load_state_dict(state["network"])
+        result = self.network.load_state_dict(state["network"], strict=False)
+        skip = tuple(f"{name}." for name in self._reloadable())
+        missing = [k for k in result.missing_keys if not k.startswith(skip)]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(
+                f"{self.name}: the saved state does not fit this network (missing "
+                f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}); was it saved with "
+                "other settings?"
+            )
         self.history = list(state["history"])
         self.network.to(self.device)
 

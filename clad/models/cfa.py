@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from clad.models.base import TrainedDetector
+from clad.models.base import TrainedDetector, tensor_bytes
 from clad.models.components.backbone import FeatureExtractor, pyramid_layers
 from clad.models.components.coreset import greedy_coreset
 from clad.models.components.precision import autocast_bf16
@@ -305,6 +305,9 @@ class CFA(TrainedDetector):
         )[:, 0]  # [B, H, W]
         maps = gaussian_smooth(maps, self.smoothing_sigma)
         return Scores(image=maps.flatten(1).amax(dim=1).cpu(), pixel=maps.cpu())
+
+    def memory_bytes(self) -> int:
+        return 0 if self.memory is None else tensor_bytes(self.memory)
 
     def state_dict(self) -> dict:
         return {

@@ -27,16 +27,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from clad.models.base import Detector, resolve_device
+from clad.models.base import Detector, resolve_device, tensor_bytes
 from clad.models.components.backbone import FeatureExtractor
 from clad.records import Scores
 
 Memory = dict[str, Tensor]
-
-
-def tensor_bytes(tensors: dict[str, Tensor]) -> int:
-    """Bytes held by the tensors of a memory."""
-    return sum(t.numel() * t.element_size() for t in tensors.values() if isinstance(t, Tensor))
 
 
 class MemoryBankDetector(Detector):
@@ -132,6 +127,15 @@ class MemoryBankDetector(Detector):
 
     def memory_bytes(self) -> int:
         return 0 if self.memory is None else tensor_bytes(self.memory)
+
+    def cost_bytes(self) -> dict[str, int]:
+        """``trainable``: the drawn parameters (``extra_state``: PaDiM's channel subset);
+        ``pretrained``: the frozen backbone; ``memory``: the bank or Gaussian statistics."""
+        return {
+            "trainable": tensor_bytes(self.extra_state()),
+            "pretrained": tensor_bytes(self.extractor.state_dict()),
+            "memory": self.memory_bytes(),
+        }
 
     def extra_state(self) -> dict[str, Tensor]:
         """State besides the memory that a restored detector needs (random draws)."""

@@ -15,10 +15,12 @@ itself a greedy coreset.
 
 Scores: each test patch's distance to its nearest bank vector (exact L2 search through faiss,
 or torch; ``clad.models.components.knn``) is its patch score. The anomaly map is the patch
-scores upsampled bilinearly to the input size and smoothed with a Gaussian (sigma
-``smoothing_sigma``). The image score is the paper's re-weighted maximum (Eq. 7): with m_test
-the highest-scoring patch, s* its distance to its nearest bank vector m*, and N_b(m*) the
-``num_neighbors`` nearest bank vectors of m* (m* included),
+scores upsampled bilinearly to the input size and smoothed with a Gaussian whose sigma is
+``smoothing_sigma`` at 224 px and scales with the input side H: ``smoothing_sigma * H / 224``
+pixels (the paper's 4 at its 224 px inputs; 4.57 at 256 px). The image score is the paper's
+re-weighted maximum (Eq. 7): with m_test the highest-scoring patch, s* its distance to its
+nearest bank vector m*, and N_b(m*) the ``num_neighbors`` nearest bank vectors of m* (m*
+included),
 
     s = (1 - exp(|m_test - m*|) / sum_{m in N_b(m*)} exp(|m_test - m|)) * s*
 
@@ -65,6 +67,9 @@ def select_coreset(
     return features[index.to(features.device)]
 
 
+SIGMA_REFERENCE_SIDE = 224  # the paper's input side, at which its sigma 4 is given
+
+
 @register_detector("patchcore")
 class PatchCore(MemoryBankDetector):
     """PatchCore with a coreset memory bank (module docstring for the method).
@@ -78,7 +83,8 @@ class PatchCore(MemoryBankDetector):
         projection_dim: dimension of the random projection used by the coreset selection.
         embed_dim: channels after adaptive average pooling; None keeps all.
         num_neighbors: b in the image-score re-weighting (1 disables it).
-        smoothing_sigma: Gaussian sigma (pixels) of the anomaly-map smoothing; 0 disables it.
+        smoothing_sigma: Gaussian sigma of the anomaly-map smoothing, in pixels of a 224 px
+            input (scaled with the input side; see the module docstring); 0 disables it.
         knn_backend: ``"auto"`` (faiss if installed), ``"faiss"`` or ``"torch"``.
         coreset_method: ``"auto"`` (dense on CUDA, pruned on CPU), ``"dense"``, ``"pruned"``.
         batch_size, device, num_workers: feature-extraction batches (device ``"auto"``: CUDA
@@ -163,6 +169,10 @@ class PatchCore(MemoryBankDetector):
     def prepare(self, memory: Memory) -> KnnIndex:
         return KnnIndex(memory["bank"], self.knn_backend)
 
+    def sigma_pixels(self, height: int) -> float:
+        """The smoothing sigma in pixels for inputs ``height`` pixels high."""
+        return self.smoothing_sigma * height / SIGMA_REFERENCE_SIDE
+
     def score(
         self, embedding: Tensor, prepared: KnnIndex, size: tuple[int, int]
     ) -> tuple[Scores, Tensor]:
@@ -186,7 +196,7 @@ class PatchCore(MemoryBankDetector):
             spread = torch.linalg.vector_norm(m_test[:, None] - support_vectors, dim=2)  # [B, b]
             image = (1 - torch.softmax(spread, dim=1)[:, 0]) * best
         maps = F.interpolate(patch.view(b, 1, h, w), size=tuple(size), mode="bilinear")
-        maps = gaussian_smooth(maps[:, 0], self.smoothing_sigma)  # [B, H, W]
+        maps = gaussian_smooth(maps[:, 0], self.sigma_pixels(size[0]))  # [B, H, W]
         return Scores(image=image, pixel=maps), patch.mean(1)
 
     def merge_memories(self, memories: Sequence[Memory], budget: int | None) -> Memory:

@@ -70,7 +70,7 @@ def cl_scaling(args: argparse.Namespace) -> list[dict]:
                 "task": task.task_id,
                 "name": task.name,
                 "bank_rows": strategy.memory_items(),
-                "bank_mb": strategy.memory_bytes() / 2**20,
+                "bank_mb": strategy.cost_bytes()["memory"] / 2**20,
                 "learn_s": learnt,
                 "infer_images_per_s": rate,
             }

@@ -9,7 +9,7 @@ from typing import ClassVar
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
-from clad.models.base import Detector
+from clad.models.base import COST_KINDS, Detector
 from clad.records import Scores, Task
 
 DetectorFactory = Callable[[], Detector]
@@ -27,11 +27,15 @@ class Strategy(ABC):
     argument of a subclass's ``__init__`` is a config field of the ``strategy`` block.
 
     Attributes:
-        task_aware: when True the runner passes the test task's id to ``predict``.
+        task_aware: when True the runner passes the test task's id to ``predict`` (an oracle
+            task identity: ``single_model`` picks the test task's own model with it).
+        sees_future_tasks: when True the model has learnt every task before the first row
+            (joint training), so forward transfer is not defined for it.
     """
 
     name: ClassVar[str]
     task_aware: ClassVar[bool] = False
+    sees_future_tasks: ClassVar[bool] = False
 
     def __init__(self, make_detector: DetectorFactory) -> None:
         self.make_detector = make_detector
@@ -52,13 +56,31 @@ class Strategy(ABC):
             raise RuntimeError(f"strategy {self.name!r}: predict called before any learn")
         return self.detector.predict(x)
 
+    def calibration_tasks(self, t: int, n_tasks: int) -> tuple[int, ...]:
+        """The tasks whose validation images the strategy holds after learning task ``t`` (of
+        ``n_tasks``): the runner recomputes their F1 thresholds with the current model. By
+        default the current task's only; the others keep the thresholds they had."""
+        return (t,)
+
     def detectors(self) -> list[Detector]:
         """Every detector this strategy keeps (for size accounting)."""
         return [] if self.detector is None else [self.detector]
 
     def memory_bytes(self) -> int:
-        """Bytes of stored past data (replay buffers); 0 for strategies that keep none."""
+        """Bytes of what the strategy itself stores beside its detectors (replay images,
+        per-task banks); 0 for strategies that keep nothing. A detector's own memory (a
+        PatchCore bank) is the detector's, counted in its ``cost_bytes``."""
         return 0
+
+    def cost_bytes(self) -> dict[str, int]:
+        """Bytes by kind (``clad.models.base.COST_KINDS``) of everything the strategy keeps:
+        every detector's, plus ``memory_bytes`` under ``memory``. Nothing is counted twice."""
+        total = dict.fromkeys(COST_KINDS, 0)
+        for detector in self.detectors():
+            for kind, value in detector.cost_bytes().items():
+                total[kind] += value
+        total["memory"] += self.memory_bytes()
+        return total
 
     def state_dict(self) -> dict:
         return {"detector": None if self.detector is None else self.detector.state_dict()}

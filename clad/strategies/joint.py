@@ -15,9 +15,15 @@ class MultiTask(Strategy):
     (validation: all tasks' validation splits); later ``learn`` calls change nothing. Every row of
     the result matrices is therefore the same joint model: the non-continual upper bound."""
 
+    sees_future_tasks = True
+
     def __init__(self, make_detector: DetectorFactory, tasks: Sequence[Task]) -> None:
         super().__init__(make_detector)
         self.tasks = tasks
+
+    def calibration_tasks(self, t: int, n_tasks: int) -> tuple[int, ...]:
+        """Joint training holds every task's data: every threshold, at every row."""
+        return tuple(range(n_tasks))
 
     def learn(self, task: Task) -> None:
         if self.detector is not None:
@@ -34,6 +40,10 @@ class Cumulative(Strategy):
     def __init__(self, make_detector: DetectorFactory, tasks: Sequence[Task]) -> None:
         super().__init__(make_detector)
         self.tasks = tasks
+
+    def calibration_tasks(self, t: int, n_tasks: int) -> tuple[int, ...]:
+        """Cumulative training holds the data of every task seen."""
+        return tuple(range(t + 1))
 
     def learn(self, task: Task) -> None:
         seen = self.tasks[: task.task_id + 1]

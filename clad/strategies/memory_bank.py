@@ -8,7 +8,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from clad.models.memory_bank import Memory, MemoryBankDetector, tensor_bytes
+from clad.models.base import tensor_bytes
+from clad.models.memory_bank import Memory, MemoryBankDetector
 from clad.records import Scores, Task
 from clad.registry import register_strategy
 from clad.strategies.base import DetectorFactory, Strategy
@@ -26,8 +27,10 @@ class ContinualMemoryBank(Strategy):
 
     ``single_bank`` (default): one memory for all tasks seen.
         PatchCore: bank_t = greedy k-center coreset of (bank_{t-1} U M_t) with
-        ``mem_size_cl`` vectors (in the same random projection space as the per-task coreset);
-        nothing is re-coresetted while the union fits the budget. The bank never holds more than
+        ``mem_size_cl`` vectors, selected on a random projection drawn afresh for that merge
+        (as the per-task coreset draws its own; the vectors kept are full-dimensional, so only
+        which ones are kept depends on the draw); nothing is re-coresetted while the union fits
+        the budget. The bank never holds more than
         ``mem_size_cl`` vectors, so memory and nearest-neighbour search cost stay bounded however
         many tasks come; test images are scored against the one bank, so no task id is needed.
         PaDiM: the exact pooled Gaussian of all tasks seen, from summed streaming statistics
@@ -130,8 +133,9 @@ class ContinualMemoryBank(Strategy):
         return sum(self.detector.memory_items(m) for m in self.memories())
 
     def memory_bytes(self) -> int:
-        """Bytes of the memories (the banks or Gaussian statistics)."""
-        return sum(tensor_bytes(m) for m in self.memories())
+        """Bytes of the per-task memories this strategy holds (``per_task``); the single bank is
+        the detector's memory and is counted by the detector (``cost_bytes``)."""
+        return sum(tensor_bytes(m) for m in self.task_memories)
 
     def state_dict(self) -> dict:
         return {

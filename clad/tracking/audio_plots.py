@@ -127,8 +127,8 @@ def write_audio_run_plots(
         written.append(task_curves(matrix, names, metric, plots / f"curves_{metric}.png"))
     written.append(section_bars(record, plots / "sections_final.png"))
     written.append(roc_curves(last_row, names, plots / "roc_final.png"))
-    threshold = record["thresholds"]["image"][-1]
-    written.append(score_histograms(last_row, names, threshold, plots / "scores_final.png"))
+    thresholds = record["thresholds"]["image"][-1]  # one per task
+    written.append(score_histograms(last_row, names, thresholds, plots / "scores_final.png"))
     for task, scored in zip(tasks, last_row):
         written += spectrogram_curves(
             task, scored, overlays_per_task, seconds_per_frame, run_dir / "overlays"

@@ -75,11 +75,18 @@ def summary_table(record: dict) -> str:
     for prefix in ("final_avg", "forgetting", "bwt"):
         cells = [summary.get(f"{prefix}/{m}") for m in metrics]
         lines.append(prefix.ljust(width) + "".join(fmt(c).rjust(14) for c in cells))
+    official = summary.get("official/hmean")
+    if official is not None and not math.isnan(official):
+        lines.append(
+            f"DCASE official score (harmonic mean over machine types, sections and "
+            f"domains): {fmt(official)}"
+        )
     costs = record["costs"]
     lines.append(
         f"train {costs['total_train_seconds']:.1f}s in all; inference "
         f"{costs['infer_images_per_s'][-1]:.1f} images/s; "
-        f"detector {costs['detector_mb'][-1]:.2f} MB; memory {costs['memory_mb'][-1]:.2f} MB; "
+        f"trainable {costs['trainable_mb'][-1]:.2f} MB; pretrained {costs['pretrained_mb'][-1]:.2f}"
+        f" MB; memory {costs['memory_mb'][-1]:.2f} MB; "
         f"peak {costs['peak_memory_mb'][-1]:.0f} MB"
     )
     return "\n".join(lines)

@@ -78,12 +78,14 @@ def roc_curves(row: Sequence[ScoredSet], names: Sequence[str], path: Path) -> Pa
 
 
 def score_histograms(
-    row: Sequence[ScoredSet], names: Sequence[str], threshold: float, path: Path
+    row: Sequence[ScoredSet], names: Sequence[str], thresholds: Sequence[float], path: Path
 ) -> Path:
+    """One histogram per task of its test images' scores, normal and anomalous, with the task's
+    validation threshold (dashed)."""
     cols = min(len(names), 5)
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows), squeeze=False)
-    for ax, scored, name in zip(axes.flat, row, names):
+    for ax, scored, name, threshold in zip(axes.flat, row, names, thresholds):
         bins = np.histogram_bin_edges(scored.image, bins=20)
         ax.hist(scored.image[scored.labels == 0], bins=bins, alpha=0.6, label="normal")
         ax.hist(scored.image[scored.labels == 1], bins=bins, alpha=0.6, label="anomalous")
@@ -154,8 +156,8 @@ def write_run_plots(
         if metric in ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_f1_val"):
             written.append(task_curves(matrix, names, metric, plots / f"curves_{metric}.png"))
     written.append(roc_curves(last_row, names, plots / "roc_final.png"))
-    threshold = record["thresholds"]["image"][-1]
-    written.append(score_histograms(last_row, names, threshold, plots / "scores_final.png"))
+    thresholds = record["thresholds"]["image"][-1]  # one per task
+    written.append(score_histograms(last_row, names, thresholds, plots / "scores_final.png"))
     for task, scored in zip(tasks, last_row):
         written += overlays(task, scored, overlays_per_task, run_dir / "overlays")
     return written

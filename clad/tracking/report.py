@@ -22,14 +22,18 @@ def load_seed_records(run_dir: Path) -> list[dict]:
 
 def record_values(record: dict) -> dict[str, float]:
     """One seed's summary values plus its costs: ``cost/total_train_seconds``,
-    ``cost/infer_images_per_s`` (mean over tasks), ``cost/detector_mb`` and ``cost/memory_mb``
-    (after the last task), ``cost/peak_memory_mb`` (max). Missing values are NaN."""
+    ``cost/infer_images_per_s`` (mean over tasks), ``cost/trainable_mb``,
+    ``cost/pretrained_mb`` and ``cost/memory_mb`` (after the last task; see
+    ``clad.runner.COST_KEYS``) and their sum ``cost/total_mb``, ``cost/peak_memory_mb`` (max).
+    Missing values (records written before a cost existed) are NaN."""
     rows = dict(record["summary"])
     costs = record["costs"]
     rows["cost/total_train_seconds"] = costs["total_train_seconds"]
     rows["cost/infer_images_per_s"] = float(np.mean(costs["infer_images_per_s"]))
-    rows["cost/detector_mb"] = costs["detector_mb"][-1]
-    rows["cost/memory_mb"] = costs["memory_mb"][-1]
+    for kind in ("trainable", "pretrained", "memory"):
+        values = costs.get(f"{kind}_mb")
+        rows[f"cost/{kind}_mb"] = values[-1] if values else math.nan
+    rows["cost/total_mb"] = sum(rows[f"cost/{k}_mb"] for k in ("trainable", "pretrained", "memory"))
     rows["cost/peak_memory_mb"] = max(costs["peak_memory_mb"])
     return {k: math.nan if v is None else float(v) for k, v in rows.items()}
 

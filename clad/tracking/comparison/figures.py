@@ -98,7 +98,8 @@ def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
         for row in best:
             matrix = row.mean_matrix("image_auroc")
             title = (
-                f"best {detector}: {row.strategy} (image AUROC, mean of {len(row.records)} seeds)"
+                f"{detector}: {row.strategy}, highest test image AUROC (descriptive; mean of "
+                f"{len(row.records)} seeds)"
             )
             suffix = f"_{row.run_name}" if len(best) > 1 else ""
             produced.append(
@@ -110,7 +111,7 @@ def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
     for row in finished:
         quality = row.stat(RANK_KEY)
         time_stat = row.stat("cost/total_train_seconds")
-        size = row.values("cost/detector_mb") + row.values("cost/memory_mb")  # [S]
+        size = row.values("cost/total_mb")  # [S]: trainable + pretrained + memory
         size_mean = float(np.nanmean(size)) if size.size else math.nan
         marker = markers[detectors.index(row.detector) % len(markers)]
         for ax, x in zip(axes, (time_stat[0], size_mean)):
@@ -132,7 +133,7 @@ def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
             )
     axes[0].set_xscale("log")
     axes[0].set_xlabel("training time over the stream (s, log)")
-    axes[1].set_xlabel("detector + strategy memory after the last task (MB)")
+    axes[1].set_xlabel("trainable + pretrained weights + stored memory after the last task (MB)")
     axes[0].set_ylabel("final average image AUROC")
     handles = [plt.Line2D([], [], color=colours[s], marker="o", ls="", label=s) for s in strategies]
     handles += [

@@ -20,6 +20,20 @@ REFERENCE_STRATEGIES = ("multi_task", "cumulative", "single_model")
 JOINT = "multi_task"
 
 RANK_KEY = "final_avg/image_auroc"
+SELECTION_KEY = "selection/score"
+"""A validation-based score a run may record in its summary (higher is better); when every
+finished run of a sweep has it, the best marks choose by it instead of by test results."""
+
+
+def ranking_key(rows: Sequence[Row]) -> str:
+    """``SELECTION_KEY`` when every finished row's records hold it, else ``RANK_KEY`` (test
+    results: the marks are then descriptive, not a model selection)."""
+    finished = [r for r in rows if r.records]
+    if finished and all(
+        all(SELECTION_KEY in record["summary"] for record in r.records.values()) for r in finished
+    ):
+        return SELECTION_KEY
+    return RANK_KEY
 
 
 @dataclass
@@ -160,20 +174,22 @@ def load_rows(folder: Path) -> tuple[dict[str, Any], list[Row]]:
 
 
 def _mark_best(rows: Sequence[Row]) -> None:
-    """Per detector (and other axes), the row with the highest mean final image AUROC among
-    continual strategies (reference bounds only when nothing else finished)."""
+    """Per detector (and other axes), the row with the highest mean ``ranking_key`` (the final
+    test image AUROC unless the runs record a validation-based score) among continual
+    strategies (reference bounds only when nothing else finished)."""
+    key = ranking_key(rows)
     groups: dict[tuple[str, str], list[Row]] = {}
     for row in rows:
         groups.setdefault((row.detector, row.axes_text()), []).append(row)
     for group in groups.values():
-        scored = [r for r in group if r.records and math.isfinite(r.stat(RANK_KEY)[0])]
+        scored = [r for r in group if r.records and math.isfinite(r.stat(key)[0])]
         continual = [r for r in scored if r.strategy not in REFERENCE_STRATEGIES]
         candidates = continual or scored
         if candidates:
             best = max(
                 candidates,
                 key=lambda r: (
-                    r.stat(RANK_KEY)[0],
+                    r.stat(key)[0],
                     np.nan_to_num(r.stat("final_avg/pixel_auroc")[0], nan=-1),
                 ),
             )

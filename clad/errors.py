@@ -1,4 +1,4 @@
-"""The two kinds of user mistake every layer reports: a bad configuration and bad data."""
+"""The user-facing errors: a bad configuration, bad data, and training that cannot go on."""
 
 
 class ConfigError(ValueError):
@@ -7,3 +7,12 @@ class ConfigError(ValueError):
 
 class DatasetError(ValueError):
     """A dataset problem; the message names the file or folder and what was expected."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the message names the detector, the epoch and
+    the settings to look at."""
+
+
+class OutputError(RuntimeError):
+    """The output folder or a file in it cannot be made or written; the message names it."""

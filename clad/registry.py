@@ -55,7 +55,9 @@ def strategy_table() -> dict[str, type]:
 
 def lookup(table: dict[str, type], name: str, kind: str, where: str) -> type:
     if name not in table:
-        raise ConfigError(f"{where}: unknown {kind} {name!r}; known: {', '.join(sorted(table))}")
+        raise ConfigError(
+            f"{where}: {kind}.name: unknown {kind} {name!r}; known: {', '.join(sorted(table))}"
+        )
     return table[name]
 
 
@@ -84,14 +86,20 @@ def parameter_names(cls: type) -> list[str]:
 
 
 def validate_params(
-    cls: type, params: dict[str, Any], where: str, context: tuple[str, ...] = ()
+    cls: type,
+    params: dict[str, Any],
+    where: str,
+    context: tuple[str, ...] = (),
+    blame: Callable[[str], str | None] | None = None,
 ) -> dict[str, Any]:
-    """Validate ``params`` against ``cls``'s signature; errors name ``where.<field>``."""
+    """Validate ``params`` against ``cls``'s signature; errors name ``<where>.<field>``
+    (``where`` is ``"<source>: <block>"`` or a block name; see ``format_validation_error``)."""
     model = signature_model(cls, context)
     try:
         return model(**params).model_dump()
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, where, model)) from None
+        source, _, block = where.rpartition(": ")
+        raise ConfigError(format_validation_error(err, model, source, block, blame)) from None
 
 
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
@@ -105,19 +113,39 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def format_validation_error(err: ValidationError, where: str, model: type[BaseModel]) -> str:
-    """One line per problem: ``<where>.<field>: <what is wrong> (got <value>)``."""
+SECRET_WORDS = ("key", "token", "secret", "password", "credential")
+
+
+def shown(field: str, value: Any) -> str:
+    """A value for an error message; never the value of a key that looks like a secret."""
+    last = field.rsplit(".", 1)[-1].lower()
+    return "<hidden>" if any(word in last for word in SECRET_WORDS) else repr(value)
+
+
+def format_validation_error(
+    err: ValidationError,
+    model: type[BaseModel],
+    source: str,
+    prefix: str = "",
+    blame: Callable[[str], str | None] | None = None,
+) -> str:
+    """One line per problem, ``<source>: <field>: <what is wrong>; <what is allowed>``, with
+    ``field`` the dotted key under ``prefix``; ``blame(field)`` may name another source for a
+    field (``--set <key>`` for a value set on the command line). Values of keys that look like
+    secrets are never printed."""
     lines = []
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"])
-        name = f"{where}.{field}" if where else field
-        value = e.get("input")
+        loc = ".".join(str(p) for p in e["loc"])
+        field = f"{prefix}.{loc}" if prefix else loc
+        origin = (blame(field) if blame else None) or source
+        head = f"{origin}: {field}" if origin else field
+        value = shown(field, e.get("input"))
         if e["type"] == "extra_forbidden":
             holder = _model_at(model, e["loc"])
             allowed = ", ".join(holder.model_fields) if holder else "see the documentation"
-            lines.append(f"{name}: unknown key (value {value!r}); allowed keys: {allowed}")
+            lines.append(f"{head}: unknown key (value {value}); allowed keys: {allowed}")
         elif e["type"] == "missing":
-            lines.append(f"{name}: required but missing")
+            lines.append(f"{head}: required but missing")
         else:
-            lines.append(f"{name}: {e['msg']} (got {value!r})")
+            lines.append(f"{head}: {e['msg']} (got {value})")
     return "\n".join(lines)

@@ -8,8 +8,12 @@ strategy, the matrices and every RNG restored, so the metrics equal an uninterru
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
 import resource
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +26,8 @@ from tqdm.auto import tqdm
 
 from clad.benchmarks.stream import build_tasks
 from clad.config import STRATEGY_CONTEXT, RunConfig, detector_kwargs, resolved
+from clad.config.compare import config_differences
+from clad.errors import OutputError, TrainingError
 from clad.metrics import (
     TASK_METRICS,
     audio_metric_names,
@@ -31,13 +37,14 @@ from clad.metrics import (
 )
 from clad.metrics.audio import OFFICIAL_SCORE, official_score
 from clad.metrics.continual import summarize
-from clad.models.base import resolve_device
+from clad.models.base import private_generator, resolve_device
 from clad.records import ScoredSet, Task
 from clad.registry import detector_table, strategy_table, validate_params
 from clad.seeding import rng_state, seed_everything, set_rng_state
 from clad.strategies.base import Strategy
 from clad.tracking import files
 from clad.tracking.loggers import Logger, build_loggers
+from clad.tracking.run_folders import FINISHED, LOG_FILE
 
 COST_KEYS = (
     "train_seconds",
@@ -54,7 +61,43 @@ once."""
 
 
 class RunExistsError(RuntimeError):
-    """The output folder already holds a run and neither resume nor overwrite was asked."""
+    """The output folder already holds a run and neither resume nor overwrite was asked, another
+    process runs it, or ``--resume`` was given settings that change the results."""
+
+
+RUN_FILES = ("config.json", "metrics.json", "checkpoints", FINISHED)
+"""Entries that make a folder hold a run."""
+KEPT = (".lock", LOG_FILE)  # a sweep's lock and log stay where they are on --overwrite
+REPLACED = ".replaced"
+FAILED = ".failed"
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path):
+    """An exclusive ``flock`` on ``.<folder name>.lock`` beside the run folder, taken before
+    anything in it is read or changed; held until the run ends. The kernel releases it when the
+    process dies, so a killed run's lock is never stale."""
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    path = folder.parent / f".{folder.name}.lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise RunExistsError(
+                f"{folder} is being run now by {owner}; wait for it to end (one run per folder)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @torch.no_grad()
@@ -71,7 +114,9 @@ def score_dataset(
     in memory."""
     labels, images, masks, maps = [], [], [], []
     seconds = 0.0
-    for x, mask, label in DataLoader(data, batch_size=batch_size, shuffle=False):
+    # a generator of its own: scoring never moves the run's global RNG (private_generator)
+    loader = DataLoader(data, batch_size=batch_size, generator=private_generator())
+    for x, mask, label in loader:
         start = time.perf_counter()
         scores = strategy.predict(x, task_id)
         seconds += time.perf_counter() - start
@@ -147,30 +192,113 @@ class Run:
             (self.dir / "checkpoints").glob("task_*.pt"), key=lambda p: int(p.stem.split("_")[1])
         )
 
+    def saved_text(self) -> str:
+        """What this run has kept on disk so far, for the line printed when it is stopped."""
+        checkpoints = self._checkpoints()
+        if not checkpoints:
+            return f"no task finished yet in {self.dir}"
+        last = max(int(p.stem.split("_")[1]) for p in checkpoints)
+        return f"tasks 0..{last} are saved in {self.dir}"
+
+    def _holds_a_run(self) -> bool:
+        return any((self.dir / name).exists() for name in RUN_FILES)
+
     def _check_folder(self) -> None:
-        if self.dir.exists() and any(self.dir.iterdir()) and not (self.resume or self.overwrite):
+        """Refuse a folder that holds a run unless resumed or overwritten; with ``resume``,
+        refuse settings that change results against the saved ``config.json``."""
+        if self.dir.exists() and not self.dir.is_dir():
+            raise RunExistsError(f"{self.dir} is a file, not a run folder")
+        if self._holds_a_run() and not (self.resume or self.overwrite):
             raise RunExistsError(
                 f"{self.dir} already holds a run; pass --resume to continue it or --overwrite "
                 "to start it again"
             )
+        saved = self.dir / "config.json"
+        if self.resume and saved.is_file():
+            stored = files.read_json(saved)
+            wanted = json.loads(json.dumps(files.jsonable(self.config.model_dump())))
+            diffs = config_differences(stored, wanted)
+            if diffs:
+                raise RunExistsError(
+                    f"{saved}: --resume with settings that change the results: "
+                    f"{'; '.join(diffs)}; resume with the saved settings, or pass --overwrite "
+                    "to start again"
+                )
 
-    def _prepare_folder(self) -> None:
-        """Clear an old run's results only now that the data and config have been checked."""
-        if self.overwrite and not self.resume:
-            for path in self._checkpoints():
-                path.unlink()
-            if self.metrics_path.exists():
-                self.metrics_path.unlink()
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def _check_writable(self) -> None:
+        """The output folder can be made and written (a probe file), before any training."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / f".write_probe_{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise OutputError(
+                f"{self.dir}: cannot write the run's outputs there ({err.strerror or err}); "
+                "choose another output folder (--output) or fix its permissions"
+            ) from None
+
+    def _set_aside(self) -> Path | None:
+        """``--overwrite``: move the old run's entries into ``.replaced/`` (restored if the new
+        run fails, deleted when it finishes); a sweep's ``log.txt`` and lock stay."""
+        if not (self.overwrite and not self.resume and self._holds_a_run()):
+            return None
+        aside = self.dir / REPLACED
+        if aside.exists():
+            shutil.rmtree(aside)
+        aside.mkdir()
+        for entry in self.dir.iterdir():
+            if entry.name not in KEPT and entry.name != REPLACED:
+                entry.rename(aside / entry.name)
+        return aside
+
+    def _restore(self, aside: Path) -> None:
+        """A failed ``--overwrite`` run: its partial outputs go to ``.failed/``, the old run
+        comes back."""
+        failed = self.dir / FAILED
+        if failed.exists():
+            shutil.rmtree(failed)
+        failed.mkdir()
+        for entry in self.dir.iterdir():
+            if entry.name not in (*KEPT, REPLACED, FAILED):
+                entry.rename(failed / entry.name)
+        for entry in aside.iterdir():
+            entry.rename(self.dir / entry.name)
+        aside.rmdir()
+        print(
+            f"[clad] the new run failed: the previous run in {self.dir} is restored (the "
+            f"failed attempt's outputs are in {failed})"
+        )
+
+    def _clean_temporary_files(self) -> None:
+        """Leftovers of writes cut short (``.<name>.<random>.tmp``)."""
+        for path in self.dir.rglob(".*.tmp"):
+            path.unlink(missing_ok=True)
 
     def execute(self) -> dict:
-        """Run (or resume) the stream; return the final metrics record."""
-        self._check_folder()
-        wall_start = time.perf_counter()
-        seed_everything(self.seed)
-        tasks = build_tasks(self.config.dataset, self.seed)
-        strategy = build_strategy(self.config, tasks)
-        self._prepare_folder()
+        """Run (or resume) the stream; return the final metrics record. One process per run
+        folder (a lock beside it); nothing is read or deleted before the lock is held, and
+        nothing old is moved before the config, the data and the output folder are checked."""
+        self._check_writable()
+        with run_lock(self.dir):
+            self._check_folder()
+            wall_start = time.perf_counter()
+            seed_everything(self.seed)
+            tasks = build_tasks(self.config.dataset, self.seed)
+            strategy = build_strategy(self.config, tasks)
+            self._clean_temporary_files()
+            aside = self._set_aside()
+            try:
+                record = self._stream(strategy, tasks, wall_start)
+            except BaseException:
+                if aside is not None:
+                    self._restore(aside)
+                raise
+            if aside is not None:
+                shutil.rmtree(aside)
+            return record
+
+    def _stream(self, strategy: Strategy, tasks: Sequence[Task], wall_start: float) -> dict:
         progress = self._resume(strategy, tasks)
         settings = {**self.config.model_dump(), "resolved": resolved(self.config)}
         files.write_json(self.dir / "config.json", {**settings, "seed": self.seed})
@@ -198,10 +326,13 @@ class Run:
         checkpoints = self._checkpoints() if self.resume else []
         if not checkpoints:
             return progress
-        saved = files.load_torch(checkpoints[-1])
+        found = self._last_good_checkpoint(checkpoints)
+        if found is None:
+            return progress
+        saved, path = found
         if saved["tasks"] != names:
             raise RuntimeError(
-                f"{checkpoints[-1]}: checkpoint was made for tasks {saved['tasks']}, "
+                f"{path}: checkpoint was made for tasks {saved['tasks']}, "
                 f"the config now gives {names}"
             )
         strategy.load_state_dict(saved["strategy"])
@@ -214,6 +345,34 @@ class Run:
             f"({names[progress.start - 1]})"
         )
         return progress
+
+    def _last_good_checkpoint(self, checkpoints: list[Path]) -> tuple[dict, Path] | None:
+        """The newest checkpoint that loads (``files.load_checkpoint``). One without its
+        checksum file was never completely written and does not count (a line says so); a
+        damaged or foreign one is skipped with a line naming it. None when none counts; an
+        error naming them when every one that counts is unusable."""
+        counted = []
+        for path in checkpoints:
+            if files.checksum_path(path).is_file():
+                counted.append(path)
+            else:
+                print(
+                    f"[clad] ignoring {path}: its checksum was never written (interrupted "
+                    "while saving)"
+                )
+        problems = []
+        for path in reversed(counted):
+            try:
+                return files.load_checkpoint(path), path
+            except files.CheckpointError as err:
+                print(f"[clad] skipping checkpoint: {err}")
+                problems.append(str(err))
+        if not counted:
+            return None
+        raise files.CheckpointError(
+            f"{self.dir}: no usable checkpoint to resume from ({'; '.join(problems)}); start the "
+            "run again with --overwrite"
+        )
 
     def _learn_and_evaluate(
         self,
@@ -253,7 +412,7 @@ class Run:
         self, strategy: Strategy, tasks: Sequence[Task], t: int, progress: Progress
     ) -> None:
         """``checkpoints/task_<t>.pt``: everything ``_resume`` needs to continue after task t."""
-        files.save_torch(
+        files.save_checkpoint(
             self.dir / "checkpoints" / f"task_{t}.pt",
             {
                 "task": t,
@@ -288,6 +447,10 @@ class Run:
             produced = self._plots(record, last_row, tasks)
         for logger in loggers:
             logger.finish(summary, record, produced)
+        files.write_json(
+            self.dir / FINISHED,
+            {"completed_tasks": len(tasks), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")},
+        )
         return record
 
     def _summary(self, strategy: Strategy, progress: Progress, t: int) -> dict[str, float]:
@@ -312,7 +475,23 @@ class Run:
         return write_run_plots(self.dir, record, last_row, tasks, overlays)
 
     def _score(self, strategy: Strategy, task: Task, data: Dataset | None = None) -> ScoredSet:
+        """Scores of ``task``'s test set (or ``data``); non-finite scores stop the run with the
+        settings to look at, instead of failing later inside a metric."""
         task_id = task.task_id if strategy.task_aware else None
+        scored = self._score_data(strategy, task, data, task_id)
+        if not np.isfinite(scored.image).all():
+            lr = self.config.training.lr
+            raise TrainingError(
+                f"{self.config.detector['name']}: non-finite anomaly scores on the "
+                f"{'validation' if data is not None else 'test'} images of task {task.name!r}: "
+                f"the model diverged (training.lr {lr if lr is not None else 'default'}); lower "
+                "training.lr, or check the data and the detector's settings"
+            )
+        return scored
+
+    def _score_data(
+        self, strategy: Strategy, task: Task, data: Dataset | None, task_id: int | None
+    ) -> ScoredSet:
         return score_dataset(
             strategy,
             task.test if data is None else data,

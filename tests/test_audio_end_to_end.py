@@ -108,7 +108,7 @@ def test_main_on_synthetic_audio_writes_the_audio_matrices(tmp_path):
     ):
         assert (out / "plots" / name).stat().st_size > 1000, name
     assert len(list((out / "overlays").glob("*.png"))) == 2  # one spectrogram per machine
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["task_0.pt", "task_1.pt"]
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["task_0.pt", "task_1.pt"]
     csv = (out / "metrics.csv").read_text()
     assert "auc_target/section_01,0,pump,1,bearing," in csv
     table = result.stdout[result.stdout.index("tiny_audio_dcase2022 (detector aegan") :]

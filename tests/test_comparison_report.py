@@ -68,6 +68,8 @@ def write_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text(json.dumps(record))
     (run_dir / "config.json").write_text(json.dumps({"dataset": {"name": "mvtec"}, "seed": seed}))
+    if completed == n:
+        (run_dir / "finished.json").write_text(json.dumps({"completed_tasks": n}))
     return record
 
 

@@ -34,7 +34,7 @@ def test_valid_config_loads_with_defaults(tmp_path):
 @pytest.mark.parametrize(
     "mutate, expected",
     [
-        (lambda c: c.update(extra=1), r"run\.json:\nextra: unknown key"),
+        (lambda c: c.update(extra=1), r"run\.json: extra: unknown key"),
         (lambda c: c["training"].update(epochs="many"), r"training\.epochs: .*integer.*'many'"),
         (
             lambda c: c["training"].update(epoch=3),
@@ -56,7 +56,7 @@ def test_valid_config_loads_with_defaults(tmp_path):
             r"detector\.epochs: set it in the training block",
         ),
         (lambda c: c["dataset"].update(categories=[]), r"dataset\.categories: .*at least one"),
-        (lambda c: c.pop("detector"), r"\ndetector: required but missing"),
+        (lambda c: c.pop("detector"), r"run\.json: detector: required but missing"),
     ],
 )
 def test_bad_configs_name_the_file_field_and_value(tmp_path, mutate, expected):

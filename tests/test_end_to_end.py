@@ -79,9 +79,13 @@ def test_main_writes_every_output(tiny_config):
     assert len(list((out / "overlays").glob("*.png"))) == 3
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "task_0.pt",
+        "task_0.pt.sha256",
         "task_1.pt",
+        "task_1.pt.sha256",
         "task_2.pt",
+        "task_2.pt.sha256",
     ]
+    assert (out / "finished.json").is_file()
     assert list((out / "wandb").glob("offline-run-*")), "no offline W&B run was written"
     assert "final_avg" in result.stdout and "stripes" in result.stdout
     # a second call without --resume/--overwrite refuses and keeps the results
@@ -170,7 +174,7 @@ def test_killed_run_resumes_to_the_same_metrics(tiny_config, tmp_path):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
-    while not (out / "checkpoints" / "task_0.pt").exists():
+    while not (out / "checkpoints" / "task_0.pt.sha256").exists():
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.05)

@@ -137,7 +137,7 @@ def one_by_one(tmp_path_factory, base_config) -> Path:
 
 def test_sweep_file_errors_name_the_file_and_field(tmp_path, base_config):
     path = write_json(tmp_path / "bad.json", {**grid_spec(base_config), "worker": 3})
-    with pytest.raises(ConfigError, match=r"bad.json:\nworker: unknown key"):
+    with pytest.raises(ConfigError, match=r"bad.json: worker: unknown key"):
         load_sweep_spec(path)
     path = write_json(
         tmp_path / "bad2.json", {**grid_spec(base_config), "overrides": [{"when": {}, "sett": {}}]}
@@ -215,12 +215,12 @@ def test_shipped_sweep_files_validate():
 
 
 def _states(sweep_dir: Path) -> dict[str, str]:
-    """finished, resumable (a checkpoint exists) or other, per cell."""
+    """finished, resumable (a checkpoint with its checksum exists) or other, per cell."""
     states = {}
     for detector, strategy, seed in GRID:
         folder = sweep_dir / f"{detector}_{strategy}" / f"seed_{seed}"
         state = disk_state(folder).state
-        if state != "finished" and (folder / "checkpoints" / "task_0.pt").exists():
+        if state != "finished" and (folder / "checkpoints" / "task_0.pt.sha256").exists():
             state = "resumable"
         states[f"{detector}_{strategy}/seed_{seed}"] = state
     return states
@@ -395,6 +395,7 @@ def fake_cell(job: CellJob) -> CellResult:
         os.kill(os.getpid(), signal.SIGKILL)
     record = {"tasks": ["a", "b"], "completed_tasks": 2, "summary": {"final_avg/image_auroc": 0.5}}
     (folder / "metrics.json").write_text(json.dumps(record))
+    (folder / "finished.json").write_text("{}")
     return CellResult(job.label, True, "fake", 0.0)
 
 

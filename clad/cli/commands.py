@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
+import sys
 from pathlib import Path
 
 from clad.errors import ConfigError
@@ -171,11 +174,52 @@ def cmd_run(argv: list[str]) -> int:
     args = run_parser().parse_args(argv)
     config = load_config(args.parameters_path, args.overrides)
     for seed in args.seed:
-        Run(config, seed, args.output, resume=args.resume, overwrite=args.overwrite).execute()
+        run = Run(config, seed, args.output, resume=args.resume, overwrite=args.overwrite)
+        try:
+            run.execute()
+        except Interrupted as stop:
+            print(
+                f"[clad] {stop.signal_name}: stopped; {run.saved_text()}; resume with: "
+                f"{resume_command(args, seed)}",
+                file=sys.stderr,
+            )
+            return stop.exit_code
     if len(args.seed) > 1:
         folder = Path(args.output or config.output.dir) / config.run_name
         print(f"[clad] seeds aggregated in {write_run_report(folder)}")
     return 0
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM while a run or sweep was going on (a ``BaseException``, so nothing on
+    the way up takes it for an error)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def resume_command(args: argparse.Namespace, seed: int) -> str:
+    """The exact ``main.py`` line that resumes one seed of this run."""
+    parts = [
+        "python main.py --parameters_path",
+        shlex.quote(str(args.parameters_path)),
+        "--seed",
+        str(seed),
+    ]
+    if args.output:
+        parts += ["--output", shlex.quote(str(args.output))]
+    for item in args.overrides:
+        parts += ["--set", shlex.quote(item)]
+    return " ".join([*parts, "--resume"])
 
 
 def cmd_report(argv: list[str]) -> int:
@@ -210,17 +254,25 @@ def cmd_sweep(argv: list[str]) -> int:
             f"{args.sweep_file}: no run of the sweep has a valid configuration; "
             f"the first ({first.label}): {first.error}"
         )
-    outcome = run_sweep(
-        sweep,
-        backend=args.backend,
-        workers=args.workers,
-        address=args.address,
-        cpus_per_run=args.cpus_per_run,
-        gpus_per_run=args.gpus_per_run,
-        copy_back=args.copy_back,
-        overwrite=args.overwrite,
-        threads_per_run=args.threads_per_run,
-    )
+    try:
+        outcome = run_sweep(
+            sweep,
+            backend=args.backend,
+            workers=args.workers,
+            address=args.address,
+            cpus_per_run=args.cpus_per_run,
+            gpus_per_run=args.gpus_per_run,
+            copy_back=args.copy_back,
+            overwrite=args.overwrite,
+            threads_per_run=args.threads_per_run,
+        )
+    except Interrupted as stop:
+        print(
+            f"[sweep] {stop.signal_name}: stopped; finished runs are kept and the interrupted "
+            "ones resume from their last checkpoint when the same sweep command runs again",
+            file=sys.stderr,
+        )
+        return stop.exit_code
     if not args.no_report:
         from clad.tracking.comparison import write_comparison_report
 

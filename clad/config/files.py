@@ -10,6 +10,8 @@ from clad.errors import ConfigError
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a configuration file; name a .json file in it")
     if not path.is_file():
         raise ConfigError(f"{path}: configuration file not found")
     try:

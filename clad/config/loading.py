@@ -100,7 +100,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     """Read a run config (ours, with its base, or CLAD's format), apply overrides and validate
     it."""
     raw = read_config(path)
-    return validate_config(apply_overrides(raw, overrides or []), str(path))
+    return validate_config(apply_overrides(raw, overrides or []), str(path), overrides or ())
 
 
 def is_clad_format(raw: dict[str, Any]) -> bool:

@@ -10,6 +10,7 @@ parameter fails at load time, naming the file and the field. Importing this modu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -73,7 +74,7 @@ class WandbConfig(Block):
 
 
 class RunConfig(Block):
-    run_name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    run_name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")  # a plain folder name
     dataset: DatasetConfig = DatasetConfig()
     detector: dict[str, Any]
     strategy: dict[str, Any]
@@ -89,17 +90,30 @@ class RunConfig(Block):
         return {k: v for k, v in self.strategy.items() if k != "name"}
 
 
-def validate_config(data: dict[str, Any], source: str) -> RunConfig:
-    """Validate a raw dict; errors are prefixed with ``source`` (the file name)."""
+def validate_config(data: dict[str, Any], source: str, overrides: Sequence[str] = ()) -> RunConfig:
+    """Validate a raw dict. Each problem is one line ``<source>: <field>: <problem>`` with
+    ``source`` the file, or ``--set <key>`` for a field that one of ``overrides`` set."""
+
+    def blame(field: str) -> str | None:
+        for item in overrides:
+            key = item.split("=", 1)[0].strip()
+            if field == key or field.startswith(key + ".") or key.startswith(field + "."):
+                return f"--set {key}"
+        return None
+
     try:
         config = RunConfig(**data)
     except ValidationError as err:
-        raise ConfigError(f"{source}:\n" + format_validation_error(err, "", RunConfig)) from None
+        raise ConfigError(format_validation_error(err, RunConfig, source, "", blame)) from None
     for block in ("detector", "strategy"):
         if "name" not in getattr(config, block):
-            raise ConfigError(f"{source}: {block}.name is required")
-    detector_cls = lookup(detector_table(), config.detector["name"], "detector", source)
-    strategy_cls = lookup(strategy_table(), config.strategy["name"], "strategy", source)
+            raise ConfigError(f"{blame(block) or source}: {block}.name: required but missing")
+    detector_cls = lookup(
+        detector_table(), config.detector["name"], "detector", blame("detector.name") or source
+    )
+    strategy_cls = lookup(
+        strategy_table(), config.strategy["name"], "strategy", blame("strategy.name") or source
+    )
     params = config.detector_params()
     for key in TRAINING_KEYS:
         if key in params:
@@ -118,9 +132,14 @@ def validate_config(data: dict[str, Any], source: str) -> RunConfig:
             f"{', '.join(takes) or 'none'}"
         )
     validate_params(
-        detector_cls, {**_training_for(detector_cls, config), **params}, f"{source}: detector"
+        detector_cls,
+        {**_training_for(detector_cls, config), **params},
+        f"{source}: detector",
+        blame=blame,
     )
-    validate_params(strategy_cls, config.strategy_params(), f"{source}: strategy", STRATEGY_CONTEXT)
+    validate_params(
+        strategy_cls, config.strategy_params(), f"{source}: strategy", STRATEGY_CONTEXT, blame
+    )
     return config
 
 

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, autograd, nn
 from torch.utils.data import DataLoader, Dataset
 
-from clad.models.base import TrainedDetector, tensor_bytes
+from clad.models.base import TrainedDetector, private_generator, tensor_bytes
 from clad.records import Scores
 from clad.registry import register_detector
 
@@ -532,7 +532,7 @@ class AEGAN(TrainedDetector):
     @torch.no_grad()
     def _embeddings(self, data: Dataset) -> Tensor:
         """Clip embeddings [N, C] (CPU float32) of a dataset."""
-        loader = DataLoader(data, batch_size=ANALYSIS_CLIPS, shuffle=False)
+        loader = DataLoader(data, batch_size=ANALYSIS_CLIPS, generator=private_generator())
         rows = [self._analyse(clips)["embedding"].cpu() for clips, _, _ in loader]
         return torch.cat(rows).float()
 

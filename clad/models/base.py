@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from clad.errors import TrainingError
 from clad.models.components.backbone import FeatureExtractor
 from clad.models.components.precision import autocast
 from clad.records import Scores
@@ -55,6 +56,14 @@ def resolve_device(device: str) -> torch.device:
 def seeded_generator() -> torch.Generator:
     """A generator seeded from the global torch RNG, so loaders follow the run's seed."""
     return torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+
+
+def private_generator() -> torch.Generator:
+    """A generator of its own for loaders that do not shuffle: a ``DataLoader`` without one draws
+    its workers' base seed from the global torch RNG at every pass, so scoring or validating
+    would shift every later random draw of the run (how many evaluations ran would change the
+    training)."""
+    return torch.Generator().manual_seed(0)
 
 
 class Detector(ABC):
@@ -227,10 +236,21 @@ class TrainedDetector(Detector):
             data,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            generator=seeded_generator() if shuffle else None,
+            generator=seeded_generator() if shuffle else private_generator(),
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )
+
+    def _check_finite(self, logs: dict[str, float], epoch: int, epochs: int) -> None:
+        """Stop at the first non-finite training term, before the weights it ruined are used."""
+        bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
+        if bad:
+            terms = ", ".join(f"{k} = {v}" for k, v in bad.items())
+            raise TrainingError(
+                f"{self.name}: the training loss became non-finite ({terms}) in epoch "
+                f"{epoch + 1} of {epochs} (lr {self.lr}, batch size {self.batch_size}); lower "
+                "training.lr, or check the data and the detector's settings"
+            )
 
     @torch.no_grad()
     def mean_loss(self, data: Dataset) -> float:
@@ -269,7 +289,9 @@ class TrainedDetector(Detector):
             seen: dict[str, int] = {}  # images behind each logged term
             for images, _, _ in self._loader(train, shuffle=True):
                 images = images.to(self.device, non_blocking=True)
-                for key, value in self.training_step(images, optimizer).items():
+                logs = self.training_step(images, optimizer)
+                self._check_finite(logs, epoch, epochs)
+                for key, value in logs.items():
                     sums[key] = sums.get(key, 0.0) + value * len(images)
                     seen[key] = seen.get(key, 0) + len(images)
             if scheduler is not None:

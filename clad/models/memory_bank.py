@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from clad.models.base import Detector, resolve_device, tensor_bytes
+from clad.models.base import Detector, private_generator, resolve_device, tensor_bytes
 from clad.models.components.backbone import FeatureExtractor
 from clad.records import Scores
 
@@ -95,6 +95,7 @@ class MemoryBankDetector(Detector):
             data,
             batch_size=self.batch_size,
             shuffle=False,
+            generator=private_generator(),
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )

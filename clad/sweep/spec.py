@@ -73,7 +73,7 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
     try:
         return SweepSpec(**raw)
     except ValidationError as err:
-        raise ConfigError(f"{path}:\n" + format_validation_error(err, "", SweepSpec)) from None
+        raise ConfigError(format_validation_error(err, SweepSpec, str(path))) from None
 
 
 def base_config(spec: SweepSpec, sweep_path: Path) -> tuple[dict[str, Any], str]:

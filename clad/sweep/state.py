@@ -4,38 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
+from clad.config.compare import config_differences
 from clad.sweep.expansion import Cell
 from clad.tracking.files import jsonable
 from clad.tracking.run_folders import CellState, disk_state
-
-NOT_COMPARED = (
-    "output",
-    "wandb",
-    "evaluation.overlays_per_task",
-    "training.num_workers",
-    "dataset.root",
-)
-"""Config keys that do not change a run's numbers (or that move with the machine): a difference
-there does not make a finished run stale."""
-
-
-def config_differences(stored: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list:
-    """Dotted keys whose values differ between two config dumps, ``NOT_COMPARED`` left out (keys
-    on one side only are not compared either, so a field added to the schema later does not make
-    finished runs look changed)."""
-    diffs = []
-    for key in sorted(stored.keys() & wanted.keys()):
-        name = f"{prefix}{key}"
-        if name in NOT_COMPARED:
-            continue
-        a, b = stored[key], wanted[key]
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += config_differences(a, b, name + ".")
-        elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
-            diffs.append(f"{name}: {a!r} -> {b!r}")
-    return sorted(diffs)
 
 
 def cell_state(cell: Cell, sweep_dir: Path) -> CellState:

@@ -92,44 +92,78 @@ def summary_table(record: dict) -> str:
     return "\n".join(lines)
 
 
+WANDB_INIT_TIMEOUT_S = 15.0  # at most this long waiting for W&B's service or server at start
+
+
 class WandbLogger:
     """Weights & Biases run: online only when the config asks for it and ``WANDB_API_KEY`` is
-    set, offline otherwise (sync later with ``wandb sync``). The key is never printed or stored."""
+    set, offline otherwise (sync later with ``wandb sync``). The key is never printed or stored.
+
+    Best-effort: any failure of wandb (a bad or missing key, no network, a timeout after
+    ``WANDB_INIT_TIMEOUT_S``, a crash inside wandb at init, log or finish) becomes one warning
+    line, this logger stops, and the run goes on with its local results complete.
+    """
 
     def __init__(self, settings: dict[str, Any], name: str, config: dict, run_dir: Path) -> None:
         """``settings``: the run config's ``wandb`` block; ``name``: the W&B run name;
         ``config``: the resolved run config with its seed, logged as the run's config."""
-        import wandb
-
+        self.run = None
         mode = settings["mode"]
         if mode == "online" and not os.environ.get("WANDB_API_KEY"):
             print("[clad] wandb.mode is online but WANDB_API_KEY is not set: logging offline")
             mode = "offline"
-        self.wandb = wandb
-        self.run = wandb.init(
-            project=settings["project"],
-            entity=settings["entity"],
-            group=settings["group"],
-            tags=settings["tags"],
-            name=name,
-            config=config,
-            dir=str(run_dir),
-            mode=mode,
-            reinit="finish_previous",
-            settings=wandb.Settings(quiet=True),
+        try:
+            import wandb
+
+            self.wandb = wandb
+            self.run = wandb.init(
+                project=settings["project"],
+                entity=settings["entity"],
+                group=settings["group"],
+                tags=settings["tags"],
+                name=name,
+                config=config,
+                dir=str(run_dir),
+                mode=mode,
+                reinit="finish_previous",
+                settings=wandb.Settings(quiet=True, init_timeout=WANDB_INIT_TIMEOUT_S),
+            )
+        except BaseException as err:  # noqa: BLE001  (wandb raises its own kinds, and exits)
+            if isinstance(err, KeyboardInterrupt):
+                raise
+            self._give_up("init", err)
+
+    def _give_up(self, when: str, err: BaseException) -> None:
+        message = " ".join(str(err).split())[:200] or type(err).__name__
+        print(
+            f"[clad] W&B failed at {when} ({type(err).__name__}: {message}); going on without "
+            "it: the local results are complete"
         )
+        self.run = None
 
     def log_task(self, step: int, task_name: str, values: dict[str, float]) -> None:
+        if self.run is None:
+            return
         clean = {k: v for k, v in values.items() if v is not None and not math.isnan(v)}
-        self.run.log({"task": step, **clean}, step=step)
+        try:
+            self.run.log({"task": step, **clean}, step=step)
+        except Exception as err:  # noqa: BLE001
+            self._give_up("log", err)
 
     def finish(self, summary: dict[str, float], record: dict, files: list[Path]) -> None:
-        for key, value in summary.items():
-            self.run.summary[key] = value
-        images = {f"plots/{p.stem}": self.wandb.Image(str(p)) for p in files if p.suffix == ".png"}
-        if images:
-            self.run.log(images, step=record["completed_tasks"] - 1)
-        self.run.finish()
+        if self.run is None:
+            return
+        try:
+            for key, value in summary.items():
+                self.run.summary[key] = value
+            images = {
+                f"plots/{p.stem}": self.wandb.Image(str(p)) for p in files if p.suffix == ".png"
+            }
+            if images:
+                self.run.log(images, step=record["completed_tasks"] - 1)
+            self.run.finish()
+        except Exception as err:  # noqa: BLE001
+            self._give_up("finish", err)
 
 
 def build_loggers(config: dict, seed: int, run_dir: Path) -> list[Logger]:

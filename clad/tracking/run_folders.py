@@ -11,6 +11,7 @@ from pathlib import Path
 ERROR_FILE = "error.txt"  # why a run failed (a sweep writes it)
 LOG_FILE = "log.txt"  # a sweep cell's console output
 MANIFEST = "sweep.json"  # a sweep folder's list of expected runs
+FINISHED = "finished.json"  # written by a run as its very last step (after plots and loggers)
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,8 @@ class CellState:
 
 
 def disk_state(folder: Path) -> CellState:
-    """What a cell's folder holds: finished, partial (tasks done or checkpoints), failed or
+    """What a cell's folder holds: finished (every task in ``metrics.json`` and the run's last
+    step, ``finished.json``, done), partial (tasks done or checkpoints: resumable), failed or
     pending."""
     metrics = folder / "metrics.json"
     done, total = 0, None
@@ -33,7 +35,7 @@ def disk_state(folder: Path) -> CellState:
             done, total = int(record["completed_tasks"]), len(record["tasks"])
         except (ValueError, KeyError, TypeError):
             done, total = 0, None
-    if total is not None and done == total:
+    if total is not None and done == total and (folder / FINISHED).is_file():
         return CellState("finished", f"{done}/{total} tasks")
     error = folder / ERROR_FILE
     if error.is_file():
@@ -42,6 +44,8 @@ def disk_state(folder: Path) -> CellState:
     checkpoints = list((folder / "checkpoints").glob("task_*.pt"))
     if total is not None or checkpoints:
         progress = f"{done}/{total} tasks" if total else f"{len(checkpoints)} checkpoints"
+        if total is not None and done == total:
+            progress += ", its last files not written"
         return CellState("partial", progress)
     return CellState("pending")
 

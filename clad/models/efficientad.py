@@ -71,6 +71,7 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -295,6 +296,10 @@ class EfficientAD(TrainedDetector):
             folder), turns the penalty on whenever it holds images; None: no penalty, distill on
             the training images.
         weight_decay: Adam weight decay (paper: 1e-5).
+        border: with ``padding=False``, the value of the map's 4-cell border ring that the PDN
+            does not see: ``"zero"`` (the reference code: 0 after normalising, about the 90th
+            percentile of normal values) or ``"lowest"`` (anomalib 2.7.0: raw maps padded with 0
+            before normalising, below every normal value).
         mixed_precision: float16 autocast with gradient scaling on CUDA (ignored on CPU).
     """
 
@@ -311,6 +316,7 @@ class EfficientAD(TrainedDetector):
         distill_lr: float = 1e-3,
         imagenet_train_path: str | None = DEFAULT_IMAGENET,
         weight_decay: float = 1e-5,
+        border: Literal["zero", "lowest"] = "zero",
         epochs: int = 20,
         batch_size: int = 8,
         lr: float = 1e-4,
@@ -326,6 +332,9 @@ class EfficientAD(TrainedDetector):
         self.distill_layers = pyramid_layers(backbone, distill_layers, MID_STRIDES)
         self.distill_steps = distill_steps
         self.distill_lr = distill_lr
+        if border not in ("zero", "lowest"):
+            raise ValueError(f"efficientad: border must be zero or lowest, got {border!r}")
+        self.border = border
         self.weight_decay = weight_decay
         self.penalty = penalty_images(imagenet_train_path)
         self._penalty_batches: Iterator[Tensor] | None = None
@@ -561,10 +570,14 @@ class EfficientAD(TrainedDetector):
         with self.autocast():
             map_st, map_ae = self.network.maps(x)
         q_st_a, q_st_b, q_ae_a, q_ae_b = self.network.quantiles
-        map_st = 0.1 * (map_st - q_st_a) / (q_st_b - q_st_a).clamp_min(1e-12)
-        map_ae = 0.1 * (map_ae - q_ae_a) / (q_ae_b - q_ae_a).clamp_min(1e-12)
+        scale_st = 0.1 / (q_st_b - q_st_a).clamp_min(1e-12)
+        scale_ae = 0.1 / (q_ae_b - q_ae_a).clamp_min(1e-12)
+        map_st, map_ae = (map_st - q_st_a) * scale_st, (map_ae - q_ae_a) * scale_ae
         combined = (0.5 * map_st + 0.5 * map_ae)[:, None]  # [B, 1, h, w]
         if not self.network.padding:
-            combined = F.pad(combined, (4, 4, 4, 4))
+            # the 4-cell ring the unpadded PDN does not see: 0 after normalising (the reference
+            # code), or the normalised value of a zero raw map (anomalib's, the lowest possible)
+            lowest = float(-0.5 * q_st_a * scale_st - 0.5 * q_ae_a * scale_ae)
+            combined = F.pad(combined, (4, 4, 4, 4), value=0.0 if self.border == "zero" else lowest)
         maps = F.interpolate(combined, size=x.shape[-2:], mode="bilinear")[:, 0]  # [B, H, W]
         return Scores(image=maps.flatten(1).amax(dim=1).cpu(), pixel=maps.cpu())

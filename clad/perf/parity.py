@@ -109,6 +109,7 @@ SETTINGS: dict[str, dict] = {
             "distill_steps": 200,
             "imagenet_train_path": str(DATA / "tiny-imagenet-200"),
         },
+        "clad_score_variants": {"border": ["lowest"]},
         "anomalib": {
             "pdn_width": 32,
             "out_channels": 64,

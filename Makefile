@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-patchcore test test-slow lint clean-venv
+.PHONY: demo demo-patchcore test test-slow test-gpu lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,10 +19,13 @@ demo-patchcore: $(STAMP)
 	$(BIN)/python main.py --parameters_path configurations/demo_patchcore.json --seed 0 --overwrite
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not realdata and not gpu" -q
+	$(BIN)/python -m pytest -m "not slow and not realdata" -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow or realdata" -q
+
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -m gpu -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check clad tests main.py

@@ -38,9 +38,11 @@ from clad.metrics import (
 from clad.metrics.audio import OFFICIAL_SCORE, official_score
 from clad.metrics.continual import summarize
 from clad.models.base import private_generator, resolve_device
+from clad.models.components.backbone import FEATURE_CACHE
+from clad.profiling import phase
 from clad.records import ScoredSet, Task
 from clad.registry import detector_table, strategy_table, validate_params
-from clad.seeding import rng_state, seed_everything, set_rng_state
+from clad.seeding import rng_state, seed_everything, set_deterministic, set_rng_state
 from clad.strategies.base import Strategy
 from clad.tracking import files
 from clad.tracking.loggers import Logger, build_loggers
@@ -118,7 +120,8 @@ def score_dataset(
     loader = DataLoader(data, batch_size=batch_size, generator=private_generator())
     for x, mask, label in loader:
         start = time.perf_counter()
-        scores = strategy.predict(x, task_id)
+        with phase("predict"):
+            scores = strategy.predict(x, task_id)
         seconds += time.perf_counter() - start
         labels.append(label.numpy())
         images.append(scores.image.float().numpy())
@@ -280,11 +283,14 @@ class Run:
         folder (a lock beside it); nothing is read or deleted before the lock is held, and
         nothing old is moved before the config, the data and the output folder are checked."""
         self._check_writable()
+        FEATURE_CACHE.configure(self.config.evaluation.feature_cache_mb)
         with run_lock(self.dir):
             self._check_folder()
             wall_start = time.perf_counter()
             seed_everything(self.seed)
-            tasks = build_tasks(self.config.dataset, self.seed)
+            set_deterministic(self.config.training.deterministic)
+            with phase("data"):
+                tasks = build_tasks(self.config.dataset, self.seed)
             strategy = build_strategy(self.config, tasks)
             self._clean_temporary_files()
             aside = self._set_aside()
@@ -390,7 +396,8 @@ class Run:
         if device_type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         began = time.perf_counter()
-        strategy.learn(tasks[t])
+        with phase("learn"):
+            strategy.learn(tasks[t])
         costs["train_seconds"].append(time.perf_counter() - began)
         image_thr, pixel_thr = self._thresholds(strategy, tasks, t, thresholds)
         thresholds["image"].append(image_thr)
@@ -402,16 +409,24 @@ class Run:
         names = [task.name for task in tasks]
         summary = self._summary(strategy, progress, t)
         record = self._record(names, progress, summary, t + 1, wall_start)
-        files.write_json(self.metrics_path, record)
+        with phase("files"):
+            files.write_json(self.metrics_path, record)
         values = self._step_values(progress.matrices, summary, costs, t, names)
-        for logger in loggers:
-            logger.log_task(t, tasks[t].name, values)
+        with phase("loggers"):
+            for logger in loggers:
+                logger.log_task(t, tasks[t].name, values)
         return row
 
     def _checkpoint(
         self, strategy: Strategy, tasks: Sequence[Task], t: int, progress: Progress
     ) -> None:
         """``checkpoints/task_<t>.pt``: everything ``_resume`` needs to continue after task t."""
+        with phase("checkpoints"):
+            self._save_checkpoint(strategy, tasks, t, progress)
+
+    def _save_checkpoint(
+        self, strategy: Strategy, tasks: Sequence[Task], t: int, progress: Progress
+    ) -> None:
         files.save_checkpoint(
             self.dir / "checkpoints" / f"task_{t}.pt",
             {
@@ -440,13 +455,16 @@ class Run:
         names = [task.name for task in tasks]
         summary = self._summary(strategy, progress, len(tasks) - 1)
         record = self._record(names, progress, summary, len(tasks), wall_start)
-        files.write_json(self.metrics_path, record)
-        write_metrics_csv(self.dir / "metrics.csv", record)
+        with phase("files"):
+            files.write_json(self.metrics_path, record)
+            write_metrics_csv(self.dir / "metrics.csv", record)
         produced: list[Path] = []
         if self.config.output.plots:
-            produced = self._plots(record, last_row, tasks)
-        for logger in loggers:
-            logger.finish(summary, record, produced)
+            with phase("plots"):
+                produced = self._plots(record, last_row, tasks)
+        with phase("loggers"):
+            for logger in loggers:
+                logger.finish(summary, record, produced)
         files.write_json(
             self.dir / FINISHED,
             {"completed_tasks": len(tasks), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")},
@@ -562,7 +580,8 @@ class Run:
         images, seconds = 0, 0.0
         for k, task in enumerate(tqdm(tasks, desc=f"evaluate after task {t}", leave=False)):
             scored = self._score(strategy, task)
-            values = self._task_values(task, scored, image_thr[k], pixel_thr[k])
+            with phase("metrics"):
+                values = self._task_values(task, scored, image_thr[k], pixel_thr[k])
             for metric, value in values.items():
                 matrices[metric][t, k] = value
             images += len(scored.labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -15,6 +16,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+
+
+def set_deterministic(enabled: bool) -> None:
+    """torch's deterministic algorithms (``torch.use_deterministic_algorithms``), with cuBLAS's
+    workspace setting they need on CUDA (set before CUDA starts). An operation that has no
+    deterministic kernel warns instead of failing (``warn_only``), so a run never stops for it;
+    on CUDA that includes the backward pass of bilinear upsampling."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
 
 
 def rng_state() -> dict:

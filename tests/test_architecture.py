@@ -2,7 +2,7 @@
 
 Layers, from the bottom (imported by everything above) to the top (imports what it needs):
 
-0. ``clad.errors``: the two kinds of user mistake.
+0. ``clad.errors`` (the user-facing errors) and ``clad.profiling`` (named timers).
 1. records and mechanisms: ``clad.records``, ``clad.imageio``, ``clad.seeding``, ``clad.registry``
    (the registry imports nothing it registers).
 2. pure functions: ``clad.metrics``, ``clad.models.components``.
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "clad"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("clad", "clad.errors"),
+    ("clad", "clad.errors", "clad.profiling"),
     ("clad.records", "clad.imageio", "clad.seeding", "clad.registry"),
     ("clad.metrics", "clad.models.components"),
     ("clad.benchmarks", "clad.models", "clad.tracking"),
@@ -74,7 +74,7 @@ def group_of(name: str) -> tuple[int, str]:
     best = None
     for layer, groups in enumerate(LAYERS):
         for group in groups:
-            if name == group or name.startswith(group + "."):
+            if name == group or (group != "clad" and name.startswith(group + ".")):
                 if best is None or len(group) > len(best[1]):
                     best = (layer, group)
     assert best is not None, f"{name} is in no layer; add it to LAYERS"

@@ -9,6 +9,7 @@ NOT_COMPARED = (
     "output",
     "wandb",
     "evaluation.overlays_per_task",
+    "evaluation.feature_cache_mb",
     "training.num_workers",
     "dataset.root",
     "resolved",

@@ -31,7 +31,7 @@ from clad.registry import (
 # Runner-supplied arguments of detector/strategy constructors (never set from config).
 STRATEGY_CONTEXT = ("make_detector", "tasks")
 # Shared training settings injected into detectors whose constructor names them.
-TRAINING_KEYS = ("epochs", "batch_size", "lr", "patience", "device", "num_workers")
+TRAINING_KEYS = ("epochs", "batch_size", "lr", "patience", "device", "num_workers", "precision")
 
 
 class Block(BaseModel):
@@ -49,6 +49,8 @@ class TrainingConfig(Block):
     patience: int | None = Field(None, ge=0)
     device: str = "auto"
     num_workers: int = Field(0, ge=0)
+    precision: Literal["fp32", "bf16", "fp16"] | None = None  # None: each detector's own
+    deterministic: bool = True  # torch's deterministic algorithms (and cuBLAS's workspace)
 
 
 class EvaluationConfig(Block):
@@ -56,6 +58,7 @@ class EvaluationConfig(Block):
     aupro_fpr_limit: float = Field(0.3, gt=0.0, le=1.0)
     overlays_per_task: int = Field(3, ge=0)
     batch_size: int = Field(32, ge=1)
+    feature_cache_mb: float = Field(1024.0, ge=0.0)  # frozen backbones' test features; 0: off
 
 
 class OutputConfig(Block):

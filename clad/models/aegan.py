@@ -57,6 +57,7 @@ from torch import Tensor, autograd, nn
 from torch.utils.data import DataLoader, Dataset
 
 from clad.models.base import TrainedDetector, private_generator, tensor_bytes
+from clad.models.components.precision import Precision
 from clad.records import Scores
 from clad.registry import register_detector
 
@@ -293,6 +294,8 @@ class AEGAN(TrainedDetector):
         epochs, batch_size (clips), lr (both networks), patience, device, num_workers: training.
     """
 
+    default_precision = "fp32"  # the critic's gradient penalty differentiates twice
+
     def __init__(
         self,
         n_mels: int = 128,
@@ -315,6 +318,7 @@ class AEGAN(TrainedDetector):
         patience: int = 10,
         device: str = "auto",
         num_workers: int = 0,
+        precision: Precision | None = None,
     ) -> None:
         for name, value in (
             ("patch_hop", patch_hop),
@@ -338,9 +342,7 @@ class AEGAN(TrainedDetector):
         self.gp_weight, self.n_critic = gradient_penalty, n_critic
         self.score = score
         self.lof_neighbors, self.knn_neighbors = lof_neighbors, knn_neighbors
-        super().__init__(
-            epochs, batch_size, lr, patience, device, num_workers, mixed_precision=False
-        )
+        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
         self.network = nn.ModuleDict(
             {
                 "generator": Generator(n_mels, patch_frames, nz, ndf, ngf),

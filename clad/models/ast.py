@@ -93,7 +93,7 @@ from torch.utils.data import Dataset, TensorDataset
 from clad.models.base import TrainedDetector
 from clad.models.components.backbone import LAYERS, FeatureExtractor
 from clad.models.components.flows import run_flow
-from clad.models.components.precision import autocast_bf16
+from clad.models.components.precision import Precision
 from clad.models.components.ssim import gaussian_smooth
 from clad.records import Scores
 from clad.registry import register_detector
@@ -330,13 +330,12 @@ class ASTNetwork(nn.Module):
         return dilate((x[:, -1:] > 0.5).float(), self.stride // 2)
 
     @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor, reuse: bool = False) -> Tensor:
         """``x`` [B, C_in, H, W] -> ``[f, m]`` [B, D + 1, h, w] (features and foreground weight)."""
         grid = self.grid(*x.shape[-2:])
         parts = []
         if self.uses_rgb:
-            with autocast_bf16(x.device):
-                feats = self.extractor(x[:, :3])
+            feats = (self.extractor.reused if reuse else self.extractor)(x[:, :3])
             parts += [
                 F.interpolate(f.float(), size=grid, mode="bilinear", align_corners=False)
                 if f.shape[-2:] != grid
@@ -413,6 +412,8 @@ class AST(TrainedDetector):
         teacher_epochs: epochs of the teacher phase (None: ``epochs``).
     """
 
+    default_precision = "fp32"  # flows: log-determinants and exponentials in float32
+
     def __init__(
         self,
         input_mode: InputMode = "rgb",
@@ -438,8 +439,9 @@ class AST(TrainedDetector):
         patience: int = 5,
         device: str = "auto",
         num_workers: int = 0,
+        precision: Precision | None = None,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers)
+        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
         if input_mode not in INPUT_CHANNELS:
             known = list(INPUT_CHANNELS)
             raise ValueError(f"input_mode must be one of {known}, got {input_mode!r}")
@@ -544,7 +546,7 @@ class AST(TrainedDetector):
         self.check_fitted()
         self.network.eval()
         x = x.to(self.device)
-        encoded = self.network.encode(x)
+        encoded = self.network.encode(x, reuse=True)
         features, weight = encoded[:, :-1], encoded[:, -1]
         target, _ = self.network.teacher_latent(features)
         grid_map = weight * st_distance(target, self.network.student_output(features))  # [B, h, w]

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from clad.models.base import TrainedDetector
+from clad.models.components.precision import Precision
 from clad.models.components.ssim import gaussian_smooth, ssim_distance_map, top_fraction_mean
 from clad.records import Scores
 from clad.registry import register_detector
@@ -117,8 +118,9 @@ class ReconstructionDetector(TrainedDetector):
         patience: int,
         device: str,
         num_workers: int,
+        precision: Precision | None,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers)
+        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
         self.network = network.to(self.device)
         self.anomaly_map = anomaly_map
         self.image_score = image_score
@@ -171,6 +173,7 @@ class ConvAE(ReconstructionDetector):
         patience: int = 5,
         device: str = "auto",
         num_workers: int = 0,
+        precision: Precision | None = None,
     ) -> None:
         super().__init__(
             ConvAutoencoder(latent_channels),
@@ -183,6 +186,7 @@ class ConvAE(ReconstructionDetector):
             patience,
             device,
             num_workers,
+            precision,
         )
 
 
@@ -203,6 +207,7 @@ class UNetAE(ReconstructionDetector):
         patience: int = 5,
         device: str = "auto",
         num_workers: int = 0,
+        precision: Precision | None = None,
     ) -> None:
         super().__init__(
             UNetAutoencoder(latent_channels, skip_levels),
@@ -215,4 +220,5 @@ class UNetAE(ReconstructionDetector):
             patience,
             device,
             num_workers,
+            precision,
         )

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from clad.errors import TrainingError
 from clad.models.components.backbone import FeatureExtractor
-from clad.models.components.precision import autocast
+from clad.models.components.precision import PRECISIONS, Precision, Scalers, autocast
+from clad.profiling import timed
 from clad.records import Scores
 
 COST_KINDS = ("trainable", "pretrained", "memory")
@@ -121,9 +122,9 @@ class TrainedDetector(Detector):
     training stops after ``patience`` epochs without improvement (``patience = 0`` disables early
     stopping). Without ``val`` the last epoch's weights are kept.
 
-    On CUDA with ``mixed_precision`` the forward passes run under float16 autocast and the
-    gradients go through a ``GradScaler``; on CPU everything is float32. Batches come from
-    pinned memory on CUDA.
+    Precision: ``precision`` (``clad.models.components.precision``): fp32, bf16 or fp16 autocast
+    on CUDA (fp16 with one gradient scaler per optimiser); None is the class's
+    ``default_precision``; on CPU everything is float32. Batches come from pinned memory on CUDA.
 
     One hook is required:
         ``loss(images)``: the objective on a batch of normal images, a scalar tensor or a dict of
@@ -144,6 +145,7 @@ class TrainedDetector(Detector):
 
     network: nn.Module
     val_seed: int = 0  # seed of ``noise()`` during validation passes
+    default_precision: ClassVar[Precision] = "bf16"
 
     def __init__(
         self,
@@ -153,7 +155,7 @@ class TrainedDetector(Detector):
         patience: int,
         device: str,
         num_workers: int = 0,
-        mixed_precision: bool = True,
+        precision: Precision | None = None,
     ) -> None:
         self.epochs = epochs
         self.batch_size = batch_size
@@ -161,8 +163,10 @@ class TrainedDetector(Detector):
         self.patience = patience
         self.device = resolve_device(device)
         self.num_workers = num_workers
-        self.mixed_precision = mixed_precision and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.mixed_precision)
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision: Precision = precision or self.default_precision
+        self.scalers = Scalers(self.device, self.precision)
         self.history: list[dict[str, float]] = []
         self._validation_noise: torch.Generator | None = None
 
@@ -213,15 +217,14 @@ class TrainedDetector(Detector):
         return self._validation_noise or seeded_generator()
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed-precision context for forward passes (float16 on CUDA, no-op on CPU)."""
-        return autocast(self.device, self.mixed_precision)
+        """The precision context of forward passes (``precision`` on CUDA, no-op on CPU)."""
+        return autocast(self.device, self.precision)
 
     def backward_step(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """Zero the gradients, back-propagate ``loss`` (scaled on CUDA) and step ``optimizer``."""
+        """Zero the gradients, back-propagate ``loss`` (scaled for fp16, by the optimiser's own
+        scaler) and step ``optimizer``."""
         optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(optimizer)
-        self.scaler.update()
+        self.scalers.step(loss, optimizer)
 
     def training_step(self, images: Tensor, optimizer: Any) -> dict[str, float]:
         """One update on a batch; returns the batch's terms as floats (``"loss"`` among them)."""
@@ -274,6 +277,7 @@ class TrainedDetector(Detector):
             raise ValueError(f"{type(self).__name__}.fit: the training set is empty")
         self.train_epochs(train, val, self.epochs)
 
+    @timed("epochs")
     def train_epochs(self, train: Dataset, val: Dataset | None, epochs: int) -> None:
         """The shared loop for ``epochs`` epochs: a fresh optimizer and scheduler, early
         stopping on ``val``, the best validation state restored. Detectors that train in

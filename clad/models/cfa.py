@@ -61,7 +61,7 @@ from torch.utils.data import Dataset
 from clad.models.base import TrainedDetector, tensor_bytes
 from clad.models.components.backbone import FeatureExtractor, pyramid_layers
 from clad.models.components.coreset import greedy_coreset
-from clad.models.components.precision import autocast_bf16
+from clad.models.components.precision import Precision
 from clad.models.components.ssim import gaussian_smooth
 from clad.records import Scores
 from clad.registry import register_detector
@@ -122,10 +122,10 @@ class CFANetwork(nn.Module):
         self.adaptor = CoordConv1x1(dim, dim // gamma_d)
         self.radius = nn.Parameter(torch.full((1,), 1e-5))
 
-    def descriptors(self, x: Tensor) -> Tensor:
-        """``x`` [B, 3, H, W] -> patch descriptors [B, D, h, w] at the first stage's size."""
-        with autocast_bf16(x.device):
-            feats = self.extractor(x)
+    def descriptors(self, x: Tensor, reuse: bool = False) -> Tensor:
+        """``x`` [B, 3, H, W] -> patch descriptors [B, D, h, w] at the first stage's size;
+        ``reuse``: the frozen extractor's outputs for inputs seen before (at test time)."""
+        feats = self.extractor.reused(x) if reuse else self.extractor(x)
         size = feats[0].shape[-2:]
         pooled = [
             F.interpolate(
@@ -135,9 +135,10 @@ class CFANetwork(nn.Module):
         ]
         return torch.cat(pooled, dim=1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Adapted descriptors ``phi(p)``, channels last: [B, h, w, D']."""
-        return self.adaptor(self.descriptors(x)).permute(0, 2, 3, 1)
+    def forward(self, x: Tensor, reuse: bool = False) -> Tensor:
+        """Adapted descriptors ``phi(p)``, channels last: [B, h, w, D'] (``reuse``: see
+        ``descriptors``)."""
+        return self.adaptor(self.descriptors(x, reuse)).permute(0, 2, 3, 1)
 
 
 @register_detector("cfa")
@@ -187,8 +188,9 @@ class CFA(TrainedDetector):
         patience: int = 5,
         device: str = "auto",
         num_workers: int = 0,
+        precision: Precision | None = None,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers)
+        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
         if gamma_d < 1 or memory_size < k_nearest + j_negatives:
             raise ValueError(
                 f"need gamma_d >= 1 and memory_size >= k_nearest + j_negatives, got gamma_d="
@@ -274,12 +276,12 @@ class CFA(TrainedDetector):
         self.memory = self.build_memory(train)
         super().fit(train, val)
 
-    def _nearest(self, images: Tensor, count: int) -> Tensor:
+    def _nearest(self, images: Tensor, count: int, reuse: bool = False) -> Tensor:
         """Squared distances [B, h, w, count] from each adapted descriptor to its nearest
         centroids, ascending."""
         if self.memory is None:
             raise RuntimeError("CFA: fit() must run before the memory is used")
-        phi = self.network(images)  # [B, h, w, D']
+        phi = self.network(images, reuse)  # [B, h, w, D']
         return squared_distances(phi, self.memory).topk(count, dim=-1, largest=False).values
 
     def loss(self, images: Tensor) -> Tensor:
@@ -297,7 +299,8 @@ class CFA(TrainedDetector):
         self.check_fitted()
         self.network.eval()
         x = x.to(self.device)
-        dist = self._nearest(x, self.k_nearest)  # [B, h, w, K], squared
+        with self.autocast():
+            dist = self._nearest(x, self.k_nearest, reuse=True).float()  # [B, h, w, K], squared
         if self.score_distance == "euclidean":
             dist = dist.sqrt()
         score = F.softmin(dist, dim=-1)[..., 0] * dist[..., 0]  # [B, h, w]

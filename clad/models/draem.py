@@ -62,6 +62,7 @@ from clad.models.components.draem import (
     synthesize_anomalies,
     window_max,
 )
+from clad.models.components.precision import Precision
 from clad.records import Scores
 from clad.registry import register_detector
 
@@ -80,7 +81,8 @@ class DRAEM(TrainedDetector):
         score_window: side of the mean filter before the image score's max (paper: 21 at 256 px).
         val_seed: seed of the fixed synthetic anomalies on the validation images.
         milestones: fractions of ``epochs`` at which the learning rate is multiplied by 0.2.
-        mixed_precision: float16 autocast with gradient scaling on CUDA (ignored on CPU).
+        precision: fp32, bf16 or fp16 on CUDA (``clad.models.components.precision``); None:
+            ``default_precision``. Ignored on CPU.
     """
 
     def __init__(
@@ -98,9 +100,9 @@ class DRAEM(TrainedDetector):
         patience: int = 5,
         device: str = "auto",
         num_workers: int = 0,
-        mixed_precision: bool = True,
+        precision: Precision | None = None,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers, mixed_precision)
+        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
         check_score_window(score_window, "draem")
         if not 0.0 <= anomaly_probability <= 1.0:
             raise ValueError(f"anomaly_probability must be in [0, 1], got {anomaly_probability}")

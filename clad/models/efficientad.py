@@ -88,6 +88,7 @@ from clad.models.components.backbone import (
     FeatureExtractor,
     pyramid_layers,
 )
+from clad.models.components.precision import Precision
 from clad.records import Scores
 from clad.registry import register_detector
 
@@ -300,7 +301,8 @@ class EfficientAD(TrainedDetector):
             does not see: ``"zero"`` (the reference code: 0 after normalising, about the 90th
             percentile of normal values) or ``"lowest"`` (anomalib 2.7.0: raw maps padded with 0
             before normalising, below every normal value).
-        mixed_precision: float16 autocast with gradient scaling on CUDA (ignored on CPU).
+        precision: fp32, bf16 or fp16 on CUDA (``clad.models.components.precision``); None:
+            ``default_precision``. Ignored on CPU.
     """
 
     def __init__(
@@ -323,9 +325,9 @@ class EfficientAD(TrainedDetector):
         patience: int = 5,
         device: str = "auto",
         num_workers: int = 0,
-        mixed_precision: bool = True,
+        precision: Precision | None = None,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers, mixed_precision)
+        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
         self.network = EfficientADNetwork(out_channels, padding, pdn_width).to(self.device)
         self.backbone = backbone
         self.weights = weights

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from clad.models.base import TrainedDetector
 from clad.models.components.backbone import FeatureExtractor, pyramid_layers
 from clad.models.components.flows import flow_2d, gaussian_nll, position_nll, run_flow
-from clad.models.components.precision import autocast_bf16
+from clad.models.components.precision import Precision
 from clad.records import Scores
 from clad.registry import register_detector
 
@@ -70,15 +70,16 @@ class FastFlowNetwork(nn.Module):
             [flow_2d(c, flow_steps, kernels, hidden_ratio, clamp) for c in self.extractor.channels]
         )
 
-    def features(self, x: Tensor) -> list[Tensor]:
-        """``x`` [B, 3, H, W] -> per scale LayerNorm-ed features [B, C_s, h_s, w_s], float32."""
-        with autocast_bf16(x.device):
-            feats = self.extractor(x)
+    def features(self, x: Tensor, reuse: bool = False) -> list[Tensor]:
+        """``x`` [B, 3, H, W] -> per scale LayerNorm-ed features [B, C_s, h_s, w_s], float32;
+        ``reuse``: the frozen extractor's outputs for inputs seen before (at test time)."""
+        feats = self.extractor.reused(x) if reuse else self.extractor(x)
         return [F.layer_norm(f.float(), f.shape[1:]) for f in feats]
 
-    def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    def forward(self, x: Tensor, reuse: bool = False) -> tuple[list[Tensor], list[Tensor]]:
         """Per scale ``z`` [B, C_s, h_s, w_s] and ``log|det|`` [B]."""
-        outputs = [run_flow(flow, f) for flow, f in zip(self.flows, self.features(x), strict=True)]
+        features = self.features(x, reuse)
+        outputs = [run_flow(flow, f) for flow, f in zip(self.flows, features, strict=True)]
         return [z for z, _ in outputs], [j for _, j in outputs]
 
 
@@ -101,6 +102,8 @@ class FastFlow(TrainedDetector):
         weight_decay: Adam weight decay on the flows.
     """
 
+    default_precision = "fp32"  # flows: log-determinants and exponentials in float32
+
     def __init__(
         self,
         backbone: str = "efficientnet_lite0",
@@ -118,8 +121,9 @@ class FastFlow(TrainedDetector):
         patience: int = 5,
         device: str = "auto",
         num_workers: int = 0,
+        precision: Precision | None = None,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers)
+        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
         self.network = (
             FastFlowNetwork(
                 backbone,
@@ -150,7 +154,7 @@ class FastFlow(TrainedDetector):
         self.check_fitted()
         self.network.eval()
         x = x.to(self.device)
-        zs, _ = self.network(x)
+        zs, _ = self.network(x, reuse=True)
         maps = []
         for z in zs:
             nll = position_nll(z)  # [B, h, w]

@@ -55,8 +55,11 @@ class MemoryBankDetector(Detector):
 
     # --- what subclasses define -------------------------------------------------------------
     @abstractmethod
-    def embed(self, x: Tensor) -> Tensor:
-        """Patch features of a batch ``x`` [B, 3, H, W] in [0, 1]: [B, C, h, w] on the device."""
+    def embed(self, x: Tensor, reuse: bool = True) -> Tensor:
+        """Patch features of a batch ``x`` [B, 3, H, W] in [0, 1]: [B, C, h, w] on the device.
+        ``reuse``: the frozen backbone's outputs for a batch seen before
+        (``FeatureExtractor.reused``); building a memory passes False (training images are not
+        scored again)."""
 
     @abstractmethod
     def build_memory(self, data: Dataset) -> Memory:

@@ -35,6 +35,7 @@ from clad.models.components.gaussian import (
 )
 from clad.models.components.ssim import gaussian_smooth
 from clad.models.memory_bank import Memory, MemoryBankDetector
+from clad.profiling import timed
 from clad.records import Scores
 from clad.registry import register_detector
 
@@ -84,13 +85,13 @@ class Padim(MemoryBankDetector):
     def load_extra_state(self, state: dict[str, Tensor]) -> None:
         self.channels = state["channels"].clone()
 
-    def embed(self, x: Tensor) -> Tensor:
+    def embed(self, x: Tensor, reuse: bool = True) -> Tensor:
         """The layers upsampled (nearest) to the finest grid, concatenated, then the random
         channel subset: [B, D, h, w]. Computed as the subset of each layer first (nearest
         upsampling acts per channel, so the result is the same), which avoids upsampling and
         copying the channels that are thrown away."""
         with torch.no_grad():
-            features = self.extractor(x)
+            features = self.extractor.reused(x) if reuse else self.extractor(x)
             grid = features[0].shape[-2:]
             channels = self.channels.to(features[0].device)
             order = torch.argsort(channels)  # position in the subset of each sorted channel
@@ -108,12 +109,13 @@ class Padim(MemoryBankDetector):
             embedding[:, order] = sorted_subset  # back to the order of self.channels
         return embedding
 
+    @timed("gaussians")
     def build_memory(self, data: Dataset) -> Memory:
         began = time.perf_counter()
         sums = Accumulator()
         grid = None
         for images in self.images(data):
-            embedding = self.embed(images)  # [B, D, h, w]
+            embedding = self.embed(images, reuse=False)  # [B, D, h, w]
             b, d, h, w = embedding.shape
             if grid is None:
                 grid = (h, w)

@@ -122,9 +122,9 @@ class PatchCore(MemoryBankDetector):
         self.knn_backend = knn_backend
         self.coreset_method = coreset_method
 
-    def embed(self, x: Tensor) -> Tensor:
+    def embed(self, x: Tensor, reuse: bool = True) -> Tensor:
         with torch.no_grad():
-            features = self.extractor(x)
+            features = self.extractor.reused(x) if reuse else self.extractor(x)
             grid = features[0].shape[-2:]
             pooled = []
             for feature in features:
@@ -146,7 +146,7 @@ class PatchCore(MemoryBankDetector):
         """All training patches' features: [N * h * w, C]."""
         rows = []
         for images in self.images(data):
-            embedding = self.embed(images)
+            embedding = self.embed(images, reuse=False)
             rows.append(embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1]))
         return torch.cat(rows)
 

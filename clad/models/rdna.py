@@ -91,6 +91,7 @@ from clad.models.components.draem import (
     synthesize_anomalies,
     window_max,
 )
+from clad.models.components.precision import Precision
 from clad.models.components.ssim import gaussian_smooth
 from clad.records import Scores
 from clad.registry import register_detector
@@ -198,7 +199,8 @@ class RDNA(TrainedDetector):
         smoothing_sigma: Gaussian sigma (pixels) applied to the anomaly map; 0 disables it.
         val_seed: seed of the fixed synthetic anomalies on the validation images.
         milestones: fractions of ``epochs`` at which the networks' learning rate is x0.2.
-        mixed_precision: float16 autocast with gradient scaling on CUDA (ignored on CPU).
+        precision: fp32, bf16 or fp16 on CUDA (``clad.models.components.precision``); None:
+            ``default_precision``. Ignored on CPU.
     """
 
     def __init__(
@@ -225,9 +227,9 @@ class RDNA(TrainedDetector):
         patience: int = 5,
         device: str = "auto",
         num_workers: int = 0,
-        mixed_precision: bool = True,
+        precision: Precision | None = None,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers, mixed_precision)
+        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
         check_score_window(score_window, "rdna")
         if not 0.0 <= anomaly_probability <= 1.0:
             raise ValueError(

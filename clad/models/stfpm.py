@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from clad.models.base import TrainedDetector
 from clad.models.components.backbone import FeatureExtractor, pyramid_layers
-from clad.models.components.precision import autocast_bf16
+from clad.models.components.precision import Precision
 from clad.records import Scores
 from clad.registry import register_detector
 
@@ -118,8 +118,9 @@ class STFPM(TrainedDetector):
         patience: int = 5,
         device: str = "auto",
         num_workers: int = 0,
+        precision: Precision | None = None,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers)
+        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
         self.network = (
             StudentTeacher(backbone, pyramid_layers(backbone, layers), weights)
             .to(self.device)
@@ -135,7 +136,7 @@ class STFPM(TrainedDetector):
         return torch.optim.Adam(params, lr=self.lr)
 
     def loss(self, images: Tensor) -> Tensor:
-        with autocast_bf16(self.device):
+        with self.autocast():
             teacher, student = self.network(images)
         # sum over layers of 1/(2 h w) sum_ij ||t - s||^2, averaged over the batch
         return sum(d.mean(dim=(1, 2)) for d in layer_distances(teacher, student)).mean()
@@ -145,8 +146,9 @@ class STFPM(TrainedDetector):
         self.check_fitted()
         self.network.eval()
         x = x.to(self.device)
-        with autocast_bf16(self.device):
-            teacher, student = self.network(x)
+        with self.autocast():
+            teacher = self.network.teacher.reused(x)  # frozen: the same for an input seen before
+            student = self.network.student(x)
         maps = [
             F.interpolate(d[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
             for d in layer_distances(teacher, student)

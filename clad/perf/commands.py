@@ -40,7 +40,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from clad.perf import parity, race, scaling, train
+from clad.perf import gpu_check, parity, race, scaling, stream, train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     race_cmd.add_argument("--cache-dir", default=str(race.ROOT / "benchmarks_out" / "cache"))
     parity.add_parser(commands)
+    stream.add_parser(commands)
+    gpu_check.add_parser(commands)
     scaling_cmd = commands.add_parser("cl-scaling", help="PatchCore under cl over many tasks")
     scaling_cmd.add_argument("--tasks", type=int, default=10)
     scaling_cmd.add_argument("--mem-size-cl", type=int, default=2000)
@@ -88,6 +90,10 @@ def main(argv: list[str] | None = None) -> None:
         race.setup_anomalib(Path(args.venv))
     elif args.command == "parity":
         parity.parity(args)
+    elif args.command == "stream":
+        stream.profile(args)
+    elif args.command == "gpu-check":
+        gpu_check.gpu_check(args)
     elif args.command == "cl-scaling":
         print("| variant | task | name | bank rows | bank MB | learn s | test images/s |")
         print("|---|---|---|---|---|---|---|")

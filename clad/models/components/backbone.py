@@ -19,11 +19,15 @@ file and where to put it; it never falls back to random weights.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from clad.profiling import phase
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -83,6 +87,58 @@ def pyramid_layers(
 ) -> tuple[str, ...]:
     """``layers`` when given, else the backbone's layers at ``strides``."""
     return tuple(layers) if layers else stride_layers(backbone, strides)
+
+
+def batch_digest(x: Tensor) -> tuple:
+    """An exact key of a CPU batch: its shape, dtype and a 16-byte BLAKE2 digest of its bytes."""
+    data = x.detach().contiguous()
+    digest = hashlib.blake2b(data.numpy().tobytes(), digest_size=16).hexdigest()
+    return (tuple(data.shape), str(data.dtype), digest)
+
+
+class FeatureCache:
+    """Outputs of frozen extractors by (extractor identity, input digest), least recently used
+    first out within ``capacity_bytes`` (``configure`` sets it; 0 turns reuse off)."""
+
+    def __init__(self, capacity_mb: float = 1024) -> None:
+        self.capacity_bytes = int(capacity_mb * 2**20)
+        self.entries: OrderedDict[tuple, list[Tensor]] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def configure(self, capacity_mb: float) -> None:
+        """Set the budget (and empty the cache)."""
+        self.capacity_bytes = int(capacity_mb * 2**20)
+        self.clear()
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = self.hits = self.misses = 0
+
+    def get(self, key: tuple) -> list[Tensor] | None:
+        found = self.entries.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self.entries.move_to_end(key)
+        self.hits += 1
+        return found
+
+    def put(self, key: tuple, tensors: list[Tensor]) -> None:
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        if size > self.capacity_bytes:
+            return
+        self.entries[key] = tensors
+        self.bytes += size
+        while self.bytes > self.capacity_bytes:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= sum(t.numel() * t.element_size() for t in old)
+
+
+FEATURE_CACHE = FeatureCache()
+"""The process's cache of frozen-extractor outputs (``FeatureExtractor.reused``); the runner sets
+its budget from ``evaluation.feature_cache_mb``."""
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -243,10 +299,33 @@ class FeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        found: dict[str, Tensor] = {}
-        for stage_name, stage in zip(self.stage_names, self.stages):
-            x = stage(x)
-            if stage_name in self.layers:
-                found[stage_name] = x
-        return [found[layer].contiguous() for layer in self.layers]
+        with phase("features"):
+            x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+            found: dict[str, Tensor] = {}
+            for stage_name, stage in zip(self.stage_names, self.stages):
+                x = stage(x)
+                if stage_name in self.layers:
+                    found[stage_name] = x
+            return [found[layer].contiguous() for layer in self.layers]
+
+    def identity(self) -> tuple:
+        """What fixes this extractor's outputs: named weights are the same in every instance;
+        a random initialisation is this instance's own."""
+        if self.weights == "none":
+            return ("random", id(self))
+        return (self.backbone, self.weights, self.layers)
+
+    @torch.no_grad()
+    def reused(self, x: Tensor) -> list[Tensor]:
+        """``forward(x)``, reusing the outputs for an input seen before (``FEATURE_CACHE``):
+        the weights are frozen, so the features of a test image never change across a stream;
+        the outputs are exact (float32, the same tensors). CPU inputs only: on a GPU hashing
+        the batch would cost more than the features."""
+        if x.device.type != "cpu" or FEATURE_CACHE.capacity_bytes == 0:
+            return self(x)
+        key = (self.identity(), batch_digest(x))
+        found = FEATURE_CACHE.get(key)
+        if found is None:
+            found = self(x)
+            FEATURE_CACHE.put(key, found)
+        return found

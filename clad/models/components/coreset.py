@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clad.profiling import timed
+
 CoresetMethod = Literal["auto", "dense", "pruned"]
 
 
@@ -68,6 +70,7 @@ def coreset_size(n_points: int, ratio: float) -> int:
     return max(1, int(n_points * ratio))
 
 
+@timed("coreset")
 def greedy_coreset(
     features: Tensor,
     n_select: int,

@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from clad.profiling import timed
+
 KnnBackend = Literal["auto", "faiss", "torch"]
 QUERY_CHUNK = 4096  # torch backend: queries per distance matrix (chunk x M floats)
 
@@ -104,6 +106,7 @@ class KnnIndex:
     def __len__(self) -> int:
         return self.bank.shape[0]
 
+    @timed("search")
     def search(self, queries: Tensor, k: int = 1) -> tuple[Tensor, Tensor]:
         """k nearest bank rows of each query: (distances [Q, k] on the queries' device, L2,
         ascending; indices [Q, k] int64). ``k`` is capped at the bank size."""

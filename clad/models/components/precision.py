@@ -1,23 +1,47 @@
-"""Precision of forward passes: float16 autocast for trained networks (with a gradient scaler)
-and bfloat16 autocast for frozen feature extractors; both are no-ops on CPU, where everything
-runs in float32."""
+"""Numeric precision of a detector's forward passes: one policy for every trained detector.
+
+``precision`` is ``"fp32"``, ``"bf16"`` or ``"fp16"``. On CUDA, ``bf16`` and ``fp16`` run the
+forward passes (frozen backbones included) under ``torch.autocast`` in that type; ``fp16``
+scales the gradients, with one ``GradScaler`` per optimiser so that every optimiser step has its
+own ``update`` (bf16 needs no scaling: its exponent range is float32's). On the CPU everything is
+float32 whatever the setting. Each detector names the precision it needs
+(``TrainedDetector.default_precision``; flows and the WGAN-GP critic need float32), and
+``training.precision`` overrides it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from typing import Literal
 
 import torch
 
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS = ("fp32", "bf16", "fp16")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """float16 autocast on CUDA when ``enabled``; a no-op on CPU (CPU training stays float32)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """Autocast in ``precision`` on CUDA; a no-op for ``fp32`` and on the CPU."""
+    if device.type == "cuda" and precision in DTYPES:
+        return torch.autocast(device_type="cuda", dtype=DTYPES[precision])
     return contextlib.nullcontext()
 
 
-def autocast_bf16(device: torch.device) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on CUDA (no loss scaling needed), nothing elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+class Scalers:
+    """One ``GradScaler`` per optimiser (enabled for ``fp16`` on CUDA only)."""
+
+    def __init__(self, device: torch.device, precision: Precision) -> None:
+        self.enabled = device.type == "cuda" and precision == "fp16"
+        self.scalers: dict[int, torch.amp.GradScaler] = {}
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Back-propagate ``loss`` (scaled) and step ``optimizer`` with its own scaler."""
+        scaler = self.scalers.get(id(optimizer))
+        if scaler is None:
+            scaler = self.scalers[id(optimizer)] = torch.amp.GradScaler(
+                "cuda", enabled=self.enabled
+            )
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()

@@ -1,0 +1,109 @@
+"""The cost profile of one run: where its wall time goes (``python -m clad.perf stream``).
+
+Runs a configuration exactly as ``main.py`` does (``Run.execute``) with the phases of
+``clad.profiling`` on, and prints each phase's own seconds (nested phases subtracted, so the
+rows add up to the wall time), its share of the wall time and its count:
+
+- ``data``: reading and decoding the datasets (once per run; generating the synthetic set);
+- ``learn`` / ``predict``: the strategy's ``learn`` and ``predict`` beyond what is listed under
+  them: ``features`` (frozen backbone passes), ``coreset``, ``gaussians`` (PaDiM's statistics),
+  ``epochs`` (gradient training), ``search`` (nearest-neighbour search);
+- ``metrics``, ``files`` (metrics.json, metrics.csv), ``checkpoints``, ``plots``, ``loggers``
+  (console and W&B);
+- ``other``: the wall time no phase covers (thresholds bookkeeping, strategy set-up, ...).
+
+The harness's own share is the wall time outside the detectors' fit and predict: everything
+but ``learn``, ``predict`` and the phases under them, reported with and without ``data``.
+
+    python -m clad.perf stream --parameters_path configurations/demo.json --seed 0
+        [--set key=value ...] [--output DIR] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from clad import profiling
+from clad.config import load_config
+from clad.runner import Run
+
+DETECTOR_PHASES = ("learn", "predict", "features", "coreset", "gaussians", "epochs", "search")
+ORDER = ("data", *DETECTOR_PHASES, "metrics", "files", "checkpoints", "plots", "loggers")
+
+
+def profile(args: argparse.Namespace) -> dict:
+    config = load_config(args.parameters_path, args.set)
+    output = args.output or tempfile.mkdtemp(prefix="clad-stream-")
+    began = time.perf_counter()
+    with profiling.profiled() as totals:
+        Run(config, args.seed, output, overwrite=True).execute()
+        wall = time.perf_counter() - began
+        counts = profiling.counts()
+    rows = [
+        {
+            "phase": name,
+            "seconds": totals[name],
+            "share": totals[name] / wall,
+            "count": counts.get(name, 0),
+        }
+        for name in ORDER
+        if name in totals
+    ]
+    covered = sum(totals.values())
+    rows.append(
+        {"phase": "other", "seconds": wall - covered, "share": (wall - covered) / wall, "count": 0}
+    )
+    detector = sum(totals.get(name, 0.0) for name in DETECTOR_PHASES)
+    harness = wall - detector
+    result = {
+        "config": str(args.parameters_path),
+        "overrides": list(args.set),
+        "wall_seconds": wall,
+        "rows": rows,
+        "harness_share": harness / wall,
+        "harness_share_without_data": (harness - totals.get("data", 0.0)) / wall,
+        "evaluation_seconds": totals.get("predict", 0.0)
+        + totals.get("search", 0.0)
+        + totals.get("metrics", 0.0),
+        "learning_seconds": totals.get("learn", 0.0)
+        + totals.get("coreset", 0.0)
+        + totals.get("gaussians", 0.0)
+        + totals.get("epochs", 0.0),
+    }
+    print(table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def table(result: dict) -> str:
+    lines = [
+        f"cost profile of {result['config']} ({result['wall_seconds']:.1f} s wall)",
+        "| phase | seconds | share | count |",
+        "|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['phase']} | {row['seconds']:.2f} | {100 * row['share']:.1f} % | "
+            f"{row['count']} |"
+        )
+    lines.append(
+        f"harness share (outside the detectors' fit and predict): "
+        f"{100 * result['harness_share']:.1f} % (without data decoding: "
+        f"{100 * result['harness_share_without_data']:.1f} %)"
+    )
+    return "\n".join(lines)
+
+
+def add_parser(commands) -> None:
+    cmd = commands.add_parser("stream", help="the cost profile of one run")
+    cmd.add_argument("--parameters_path", "--config", required=True, type=Path)
+    cmd.add_argument("--seed", type=int, default=0)
+    cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    cmd.add_argument("--output", default=None, help="run folder root (default: a temporary one)")
+    cmd.add_argument("--json", help="write the profile to this file")

@@ -15,6 +15,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _totals: dict[str, float] | None = None  # phase -> own seconds; None: not profiling
 _counts: dict[str, int] = {}
+_inclusive: dict[str, float] = {}  # phase -> seconds including nested phases (outermost only)
 _stack: list[list] = []  # [name, start, seconds of nested phases]
 
 
@@ -35,6 +36,8 @@ def phase(name: str) -> Iterator[None]:
         _counts[name] = _counts.get(name, 0) + 1
         if _stack:
             _stack[-1][2] += elapsed
+        if not any(frame[0] == name for frame in _stack):  # a phase inside itself counts once
+            _inclusive[name] = _inclusive.get(name, 0.0) + elapsed
 
 
 @contextlib.contextmanager
@@ -43,6 +46,7 @@ def profiled() -> Iterator[dict[str, float]]:
     global _totals
     _totals = totals = {}
     _counts.clear()
+    _inclusive.clear()
     _stack.clear()
     try:
         yield totals
@@ -53,6 +57,12 @@ def profiled() -> Iterator[dict[str, float]]:
 def counts() -> dict[str, int]:
     """How often each phase ran in the last ``profiled`` block."""
     return dict(_counts)
+
+
+def inclusive() -> dict[str, float]:
+    """Each phase's seconds in the last ``profiled`` block *with* the phases nested in it (so
+    ``learn`` holds the feature passes and coreset of training, ``predict`` those of scoring)."""
+    return dict(_inclusive)
 
 
 def timed(name: str) -> Callable[[F], F]:

@@ -291,7 +291,8 @@ class Run:
             set_deterministic(self.config.training.deterministic)
             with phase("data"):
                 tasks = build_tasks(self.config.dataset, self.seed)
-            strategy = build_strategy(self.config, tasks)
+            with phase("setup"):
+                strategy = build_strategy(self.config, tasks)
             self._clean_temporary_files()
             aside = self._set_aside()
             try:
@@ -305,14 +306,17 @@ class Run:
             return record
 
     def _stream(self, strategy: Strategy, tasks: Sequence[Task], wall_start: float) -> dict:
-        progress = self._resume(strategy, tasks)
+        with phase("checkpoints"):
+            progress = self._resume(strategy, tasks)
         settings = {**self.config.model_dump(), "resolved": resolved(self.config)}
-        files.write_json(self.dir / "config.json", {**settings, "seed": self.seed})
-        loggers = (
-            self._loggers
-            if self._loggers is not None
-            else build_loggers(settings, self.seed, self.dir)
-        )
+        with phase("files"):
+            files.write_json(self.dir / "config.json", {**settings, "seed": self.seed})
+        with phase("loggers"):
+            loggers = (
+                self._loggers
+                if self._loggers is not None
+                else build_loggers(settings, self.seed, self.dir)
+            )
         last_row: list[ScoredSet] | None = None
         for t in range(progress.start, len(tasks)):
             last_row = self._learn_and_evaluate(strategy, tasks, t, progress, wall_start, loggers)

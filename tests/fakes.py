@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
-from clad.models.base import Detector
+from clad.models.base import Detector, TrainedDetector
 from clad.records import Scores, Task
 
 
@@ -61,3 +61,84 @@ def fake_tasks(sizes: list[int]) -> list[Task]:
 
         tasks.append(Task(task_id=t, name=f"t{t}", train=make(n), val=make(2), test=make(3)))
     return tasks
+
+
+def unit_tasks(sizes: list[int], side: int = 8) -> list[Task]:
+    """Tasks of constant images in [0, 1]: channel 0 is ``task id / 255``, channel 1 is
+    ``index / 255``, channel 2 is 0.5; so resizing keeps them and uint8 storage is exact."""
+    tasks = []
+    for t, n in enumerate(sizes):
+
+        def make(count: int, tid: int = t) -> Dataset:
+            images = torch.full((count, 3, side, side), 0.5)
+            images[:, 0] = tid / 255
+            images[:, 1] = torch.arange(count, dtype=torch.float)[:, None, None] / 255
+            return TensorDataset(
+                images, torch.zeros(count, 1, side, side), torch.zeros(count).long()
+            )
+
+        tasks.append(Task(task_id=t, name=f"t{t}", train=make(n), val=make(2), test=make(3)))
+    return tasks
+
+
+def unit_pairs(train: Dataset) -> list[tuple[int, int]]:
+    """The (task id, index) pairs that ``unit_tasks`` images encode (mean of channels 0, 1)."""
+    pairs = []
+    for i in range(len(train)):
+        image = train[i][0]
+        pairs.append((round(float(image[0].mean()) * 255), round(float(image[1].mean()) * 255)))
+    return pairs
+
+
+class RecordingLatent(RecordingDetector):
+    """A recording detector with an exact encoder and decoder: a code is the image's mean
+    colour [3]; decoding paints it over ``side`` x ``side`` pixels."""
+
+    name = "recording_latent"
+
+    def __init__(self, side: int = 8) -> None:
+        super().__init__()
+        self.side = side
+        self.decoded = 0
+
+    def fit(self, train: Dataset, val: Dataset | None = None) -> None:
+        self.fits.append(unit_pairs(train))
+        self.offset += 1.0
+
+    def encode(self, images: Tensor) -> Tensor:
+        return images.mean(dim=(2, 3))  # [N, 3]
+
+    def decode(self, codes: Tensor) -> Tensor:
+        self.decoded += len(codes)
+        return codes[:, :, None, None].expand(-1, -1, self.side, self.side).clone()
+
+    def sample_codes(self, n: int, generator: torch.Generator) -> Tensor:
+        return torch.rand(n, 3, generator=generator)
+
+
+class RecordingTrained(TrainedDetector):
+    """A real trained detector, a 1x1 convolution fitted to reproduce its input, that records
+    the (task id, index) pairs of every ``fit`` (``unit_tasks`` images)."""
+
+    name = "recording_trained"
+
+    def __init__(self, epochs: int = 2) -> None:
+        super().__init__(epochs, batch_size=4, lr=0.05, patience=0, device="cpu")
+        self.network = nn.Conv2d(3, 3, 1)
+        self.fits: list[list[tuple[int, int]]] = []
+
+    def fit(self, train: Dataset, val: Dataset | None = None) -> None:
+        self.fits.append(unit_pairs(train))
+        super().fit(train, val)
+
+    def loss(self, images: Tensor) -> Tensor:
+        return (self.network(images) - images.flip(1)).pow(2).mean()
+
+    def distillation_outputs(self, images: Tensor) -> Tensor:
+        return self.network(images)
+
+    def predict(self, x: Tensor) -> Scores:
+        self.check_fitted()
+        with torch.no_grad():
+            maps = (self.network(x) - x.flip(1)).pow(2).mean(dim=1)
+        return Scores(image=maps.flatten(1).mean(dim=1), pixel=maps)

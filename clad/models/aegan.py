@@ -294,6 +294,7 @@ class AEGAN(TrainedDetector):
         epochs, batch_size (clips), lr (both networks), patience, device, num_workers: training.
     """
 
+    supports_regularizer = False  # its updates are adversarial pairs (training_step)
     default_precision = "fp32"  # the critic's gradient penalty differentiates twice
 
     def __init__(

@@ -138,6 +138,10 @@ class ReconstructionDetector(TrainedDetector):
         self._check_size(images)
         return (self.network(images) - images).abs().mean()
 
+    def distillation_outputs(self, images: Tensor) -> Tensor:
+        """The reconstruction [B, 3, H, W]."""
+        return self.network(images)
+
     @torch.no_grad()
     def predict(self, x: Tensor) -> Scores:
         self._check_size(x)

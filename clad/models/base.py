@@ -6,7 +6,7 @@ import contextlib
 import copy
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -19,6 +19,9 @@ from clad.models.components.backbone import FeatureExtractor
 from clad.models.components.precision import PRECISIONS, Precision, Scalers, autocast
 from clad.profiling import timed
 from clad.records import Scores
+
+Regularizer = Callable[[Tensor], Tensor]
+"""A term added to a trained detector's training loss: batch images [B, C, H, W] -> scalar."""
 
 COST_KINDS = ("trainable", "pretrained", "memory")
 """What a detector's bytes are: ``trainable`` (the weights and parameters it fitted or drew,
@@ -141,11 +144,23 @@ class TrainedDetector(Detector):
             use ``backward_step``.
         ``validation_loss(images)``: the model-selection loss when it is not ``loss`` (EfficientAD
             validates without its augmentation and penalty).
+        ``distillation_outputs(images)``: the network's outputs on a batch, with gradients (what
+            a distillation term compares with a previous copy's); not defined by default.
+
+    The interface continual strategies for trained networks use (EWC, LwF), which says nothing
+    about them: ``trainable_parameters()`` (what gradient descent changes),
+    ``squared_gradients(data)`` (the diagonal empirical Fisher information of ``loss``),
+    ``distillation_outputs(images)`` and ``set_regularizer(term)``: a function of the batch
+    images added to the training loss of every default ``training_step`` (logged as
+    ``train_regularizer``; model selection on ``val`` keeps the detector's own loss).
+    Detectors whose updates are not one loss (``supports_regularizer = False``: RDNA's and
+    AEGAN-AD's adversarial steps) refuse a regularizer.
     """
 
     network: nn.Module
     val_seed: int = 0  # seed of ``noise()`` during validation passes
     default_precision: ClassVar[Precision] = "bf16"
+    supports_regularizer: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -169,6 +184,7 @@ class TrainedDetector(Detector):
         self.scalers = Scalers(self.device, self.precision)
         self.history: list[dict[str, float]] = []
         self._validation_noise: torch.Generator | None = None
+        self.regularizer: Regularizer | None = None
 
     @abstractmethod
     def loss(self, images: Tensor) -> Tensor | Mapping[str, Tensor]:
@@ -198,6 +214,48 @@ class TrainedDetector(Detector):
             "pretrained": pretrained,
             "memory": self.memory_bytes(),
         }
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The network's parameters that gradient descent changes (``requires_grad``), by name;
+        frozen backbones and teachers are left out."""
+        return {n: p for n, p in self.network.named_parameters() if p.requires_grad}
+
+    def squared_gradients(self, data: Dataset) -> dict[str, Tensor]:
+        """The diagonal empirical Fisher information of ``loss`` on ``data``: for each trainable
+        parameter, the squared gradient of the batch loss, averaged over the batches of
+        ``batch_size`` (the network in eval mode, so batch norm statistics stay; float32).
+
+        Returns:
+            name -> tensor of the parameter's shape, on the CPU.
+        """
+        params = self.trainable_parameters()
+        sums = {name: torch.zeros_like(p, device="cpu") for name, p in params.items()}
+        self.network.to(self.device).eval()
+        batches = 0
+        for images, _, _ in self._loader(data, shuffle=False):
+            self.network.zero_grad(set_to_none=True)
+            _total(self.loss(images.to(self.device))).float().backward()
+            for name, p in params.items():
+                if p.grad is not None:
+                    sums[name] += p.grad.detach().float().pow(2).cpu()
+            batches += 1
+        self.network.zero_grad(set_to_none=True)
+        return {name: total / max(batches, 1) for name, total in sums.items()}
+
+    def distillation_outputs(self, images: Tensor) -> Tensor | tuple[Tensor, ...]:
+        """The network's outputs on ``images`` [B, C, H, W] as trained (gradients on, the
+        current train/eval mode): what a distillation term keeps close to a previous copy's."""
+        raise NotImplementedError(f"{self.name} does not define distillation_outputs")
+
+    def set_regularizer(self, regularizer: Regularizer | None) -> None:
+        """Add ``regularizer(images)`` to the training loss of every later ``training_step``
+        (None removes it). Not saved with the state."""
+        if regularizer is not None and not self.supports_regularizer:
+            raise TypeError(
+                f"{self.name} trains with its own adversarial updates; a regularizer (EWC, "
+                "LwF) cannot be added to them"
+            )
+        self.regularizer = regularizer
 
     def validation_loss(self, images: Tensor) -> Tensor:
         """Loss used for model selection; by default ``loss`` (its ``"loss"`` term)."""
@@ -230,7 +288,10 @@ class TrainedDetector(Detector):
         """One update on a batch; returns the batch's terms as floats (``"loss"`` among them)."""
         with self.autocast():
             terms = self.loss(images)
-        terms = terms if isinstance(terms, Mapping) else {"loss": terms}
+            terms = dict(terms) if isinstance(terms, Mapping) else {"loss": terms}
+            if self.regularizer is not None:
+                terms["regularizer"] = self.regularizer(images).float()
+                terms["loss"] = terms["loss"] + terms["regularizer"]
         self.backward_step(terms["loss"], optimizer)
         return {key: value.item() for key, value in terms.items()}
 

@@ -144,6 +144,12 @@ class DRAEM(TrainedDetector):
         training, the fixed ``val_seed`` set in validation)."""
         return self._loss(images, self.noise())
 
+    def distillation_outputs(self, images: Tensor) -> tuple[Tensor, ...]:
+        """The reconstruction [B, 3, H, W] and segmentation logits [B, 2, H, W] of ``images``
+        (no synthetic anomalies drawn)."""
+        self._check_size(images)
+        return tuple(self.network(images))
+
     @torch.no_grad()
     def predict(self, x: Tensor) -> Scores:
         self._check_size(x)

@@ -149,6 +149,11 @@ class FastFlow(TrainedDetector):
         zs, log_dets = self.network(images)
         return sum(gaussian_nll(z, j).mean() for z, j in zip(zs, log_dets, strict=True))
 
+    def distillation_outputs(self, images: Tensor) -> tuple[Tensor, ...]:
+        """The flows' outputs ``z``, one [B, C_l, h_l, w_l] per layer."""
+        zs, _ = self.network(images)
+        return tuple(zs)
+
     @torch.no_grad()
     def predict(self, x: Tensor) -> Scores:
         self.check_fitted()

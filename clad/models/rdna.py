@@ -203,6 +203,8 @@ class RDNA(TrainedDetector):
             ``default_precision``. Ignored on CPU.
     """
 
+    supports_regularizer = False  # its updates are adversarial pairs (training_step)
+
     def __init__(
         self,
         recon_width: int = 32,

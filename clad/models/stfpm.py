@@ -141,6 +141,10 @@ class STFPM(TrainedDetector):
         # sum over layers of 1/(2 h w) sum_ij ||t - s||^2, averaged over the batch
         return sum(d.mean(dim=(1, 2)) for d in layer_distances(teacher, student)).mean()
 
+    def distillation_outputs(self, images: Tensor) -> tuple[Tensor, ...]:
+        """The student's feature maps, one [B, C_l, h_l, w_l] per layer."""
+        return tuple(self.network.student(images))
+
     @torch.no_grad()
     def predict(self, x: Tensor) -> Scores:
         self.check_fitted()

@@ -1,6 +1,14 @@
 """Continual-learning strategies; importing this package fills the strategy registry."""
 
-from clad.strategies import joint, memory_bank, naive, replay, single_model  # noqa: F401
+from clad.strategies import (  # noqa: F401
+    joint,
+    memory_bank,
+    naive,
+    regularization,
+    replay,
+    single_model,
+    stored_replay,
+)
 from clad.strategies.base import Strategy
 
 __all__ = ["Strategy"]

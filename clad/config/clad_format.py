@@ -27,7 +27,11 @@ STRATEGIES = {
     "single_model": "single_model",
     "cl": "cl",
     "cumulative": "cumulative",
+    "latent_replay": "latent_replay",
+    "generative_replay": "generative_replay",
+    "compressed_replay": "compressed_replay",
 }
+REPLAYS = ("replay", "latent_replay", "generative_replay", "compressed_replay")  # take mem_size
 # CLAD key -> detector parameter name (used only when the detector takes that parameter).
 DETECTOR_KEYS = {
     "f_coreset": "coreset_ratio",
@@ -38,15 +42,24 @@ DETECTOR_KEYS = {
 }
 
 
+def _beside(path: Path, name: str) -> Path | None:
+    """``name`` in the run file's folder or the one above it (CLAD keeps run files in
+    per-model subfolders, ``configurations/vae/...``, and ``models/`` at the top), or None."""
+    for folder in (path.parent, path.parent.parent):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
 def _merge(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
-    common = path.parent / "common_param.json"
-    if common.is_file():
+    common = _beside(path, "common_param.json")
+    if common is not None:
         merged.update(read_json(common))
     arch = raw.get("architecture")
     if arch is not None:
-        model_file = path.parent / "models" / f"{arch}.json"
-        if model_file.is_file():
+        model_file = _beside(path, f"models/{arch}.json")
+        if model_file is not None:
             merged.update(read_json(model_file))
     merged.update(raw)
     return merged
@@ -74,7 +87,7 @@ def translate(raw: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
             f"{path}: sample_strategy {strategy_raw!r} unknown; known: {', '.join(STRATEGIES)}"
         )
     strategy: dict[str, Any] = {"name": STRATEGIES[strategy_raw]}
-    if strategy["name"] == "replay" and "mem_size" in clad:
+    if strategy["name"] in REPLAYS and "mem_size" in clad:
         strategy["mem_size"] = int(take("mem_size"))
     if strategy["name"] == "cl" and "mem_size_cl" in clad:
         strategy["mem_size_cl"] = int(take("mem_size_cl"))

@@ -74,7 +74,7 @@ class EWC(Strategy):
     def __init__(
         self,
         make_detector: DetectorFactory,
-        ewc_lambda: float = 100.0,
+        ewc_lambda: float = 10000.0,
         mode: str = "separate",
         decay: float = 1.0,
     ) -> None:

@@ -42,6 +42,14 @@ TINY: dict[str, dict] = {
         "out_channels": 16,
         "pdn_width": 8,
     },
+    "st": {
+        "epochs": 1,
+        "weights": "none",
+        "distill_steps": 2,
+        "out_channels": 16,
+        "pdn_width": 8,
+    },
+    "vae": {"epochs": 1, "input_size": 32, "latent_dim": 16},
     "draem": {"epochs": 1, "recon_width": 4, "disc_width": 4, "score_window": 7},
     "rdna": {
         "epochs": 1,

@@ -127,6 +127,11 @@ def validate_config(data: dict[str, Any], source: str, overrides: Sequence[str] 
         raise ConfigError(
             f"{source}: detector.input_mode: set the inputs with dataset.mode instead"
         )
+    if "input_size" in params:
+        raise ConfigError(
+            f"{source}: detector.input_size: the images' side comes from dataset.image_size "
+            "(or dataset.crop_size)"
+        )
     if config.dataset.mode != "rgb" and "input_mode" not in parameter_names(detector_cls):
         takes = sorted(n for n, c in detector_table().items() if "input_mode" in parameter_names(c))
         raise ConfigError(
@@ -148,11 +153,16 @@ def validate_config(data: dict[str, Any], source: str, overrides: Sequence[str] 
 
 def _training_for(detector_cls: type, config: RunConfig) -> dict[str, Any]:
     """The shared training keys the config sets (not null) and the detector's constructor names,
-    and ``input_mode`` (the dataset's ``mode``) for detectors that take one."""
+    ``input_mode`` (the dataset's ``mode``) and ``input_size`` (the images' side: the dataset's
+    ``crop_size``, else its ``image_size``) for detectors that take them."""
     names = parameter_names(detector_cls)
     shared = {k: v for k, v in config.training.model_dump().items() if k in names and v is not None}
     if "input_mode" in names:
         shared["input_mode"] = config.dataset.mode
+    if "input_size" in names:
+        shared["input_size"] = (
+            getattr(config.dataset, "crop_size", None) or config.dataset.image_size
+        )
     return shared
 
 

@@ -11,7 +11,9 @@ from clad.models import (  # noqa: F401
     padim,
     patchcore,
     rdna,
+    st,
     stfpm,
+    vae,
 )
 from clad.models.base import Detector
 

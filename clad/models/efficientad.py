@@ -62,6 +62,9 @@ Where ours differs from the paper:
 - PDN-medium is not implemented. ``pdn_width`` and ``out_channels`` shrink PDN-small (the
   paper's sizes are the defaults, about 1.4 GMAC per 64 px image for the teacher); the synthetic
   configs and quality test use ``pdn_width=32, out_channels=64`` so that a CPU trains them.
+
+The student-teacher part alone (no autoencoder, a student with ``C`` outputs, the map ``M_ST``)
+is the ``st`` detector (``clad.models.st``): a subclass with ``with_autoencoder = False``.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -179,20 +182,24 @@ class EfficientADNetwork(nn.Module):
     """Teacher, student and autoencoder, with the statistics that define the maps as buffers
     (so ``state_dict`` carries them): teacher channel mean/std [1, C, 1, 1], the map quantiles
     ``(q_st_a, q_st_b, q_ae_a, q_ae_b)`` (NaN until computed) and whether the teacher is
-    trained."""
+    trained. With ``autoencoder=False`` (the student-teacher part alone) the student has ``C``
+    outputs, ``autoencoder`` is None and the quantiles are ``(q_st_a, q_st_b)``."""
 
-    def __init__(self, out_channels: int, padding: bool, pdn_width: int) -> None:
+    def __init__(
+        self, out_channels: int, padding: bool, pdn_width: int, autoencoder: bool = True
+    ) -> None:
         super().__init__()
         self.out_channels = out_channels
         self.padding = padding
         self.teacher = pdn_small(out_channels, padding, pdn_width).requires_grad_(False)
-        self.student = pdn_small(2 * out_channels, padding, pdn_width)
-        self.autoencoder = Autoencoder(out_channels)
+        student_channels = 2 * out_channels if autoencoder else out_channels
+        self.student = pdn_small(student_channels, padding, pdn_width)
+        self.autoencoder = Autoencoder(out_channels) if autoencoder else None
         self.register_buffer("input_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer("input_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
         self.register_buffer("teacher_mean", torch.zeros(1, out_channels, 1, 1))
         self.register_buffer("teacher_std", torch.ones(1, out_channels, 1, 1))
-        self.register_buffer("quantiles", torch.full((4,), math.nan))
+        self.register_buffer("quantiles", torch.full((4 if autoencoder else 2,), math.nan))
         self.register_buffer("teacher_ready", torch.tensor(False))
 
     def normalise_input(self, x: Tensor) -> Tensor:
@@ -205,13 +212,16 @@ class EfficientADNetwork(nn.Module):
         out = self.teacher(self.normalise_input(x)).float()
         return (out - self.teacher_mean) / self.teacher_std
 
-    def maps(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Raw ``(M_ST, M_AE)`` maps [B, h, w] of images in [0, 1]."""
+    def maps(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Raw ``(M_ST, M_AE)`` maps [B, h, w] of images in [0, 1] (``M_AE`` None without an
+        autoencoder)."""
         teacher = self.teacher_features(x)
         x = self.normalise_input(x)
         student = self.student(x).float()
-        ae = self.autoencoder(x, teacher.shape[-2:]).float()
         c = self.out_channels
+        if self.autoencoder is None:
+            return (teacher - student).pow(2).mean(dim=1), None
+        ae = self.autoencoder(x, teacher.shape[-2:]).float()
         map_st = (teacher - student[:, :c]).pow(2).mean(dim=1)
         map_ae = (ae - student[:, c:]).pow(2).mean(dim=1)
         return map_st, map_ae
@@ -257,13 +267,15 @@ DEFAULT_IMAGENET = "tiny-imagenet-200"  # the top-level folder of the repository
 
 def penalty_images(path: str | None) -> PenaltyImages | None:
     """The penalty images of ``path`` (resized in ``fit``), or None with a log line that the
-    penalty is off: when ``path`` is None, or when it is the default folder and that holds no
-    images. Any other path must hold images (``DatasetError`` otherwise)."""
+    penalty is off: when ``path`` is None, or when it is the default folder or a folder inside
+    it (CLAD's files name ``tiny-imagenet-200/train``) and that holds no images. Any other path
+    must hold images (``DatasetError`` otherwise)."""
     if path is None:
         log.warning("EfficientAD: imagenet_train_path is null; the ImageNet penalty is off")
         return None
     folder = Path(path)
-    if path == DEFAULT_IMAGENET and not (folder.is_dir() and find_images(folder)):
+    in_default = not folder.is_absolute() and folder.parts[:1] == (DEFAULT_IMAGENET,)
+    if in_default and not (folder.is_dir() and find_images(folder)):
         log.warning(
             "EfficientAD: the default penalty folder %s holds no images (see its README); the "
             "ImageNet penalty is off",
@@ -305,6 +317,8 @@ class EfficientAD(TrainedDetector):
             ``default_precision``. Ignored on CPU.
     """
 
+    with_autoencoder: ClassVar[bool] = True  # False: the student-teacher part alone (``st``)
+
     def __init__(
         self,
         out_channels: int = 384,
@@ -328,7 +342,9 @@ class EfficientAD(TrainedDetector):
         precision: Precision | None = None,
     ) -> None:
         super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
-        self.network = EfficientADNetwork(out_channels, padding, pdn_width).to(self.device)
+        self.network = EfficientADNetwork(
+            out_channels, padding, pdn_width, self.with_autoencoder
+        ).to(self.device)
         self.backbone = backbone
         self.weights = weights
         self.distill_layers = pyramid_layers(backbone, distill_layers, MID_STRIDES)
@@ -462,9 +478,8 @@ class EfficientAD(TrainedDetector):
     # ------------------------------------------------------------------ training
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        params = itertools.chain(
-            self.network.student.parameters(), self.network.autoencoder.parameters()
-        )
+        trained = [self.network.student, self.network.autoencoder]
+        params = itertools.chain(*(m.parameters() for m in trained if m is not None))
         return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
 
     def make_scheduler(
@@ -477,22 +492,22 @@ class EfficientAD(TrainedDetector):
     def losses(
         self, images: Tensor, augmented: Tensor, penalty: Tensor | None
     ) -> dict[str, Tensor]:
-        """``hard``, ``penalty`` (when given), ``ae`` and ``stae`` terms and their sum ``loss``."""
+        """``hard``, ``penalty`` (when given), ``ae`` and ``stae`` terms and their sum ``loss``
+        (without an autoencoder: ``hard`` and ``penalty``; ``augmented`` is then unused)."""
         self._check_size(images)
         net, c = self.network, self.network.out_channels
         teacher = net.teacher_features(images)
         student = net.student(net.normalise_input(images))[:, :c].float()
         distance = (teacher - student).pow(2)
         hard = distance[distance >= quantile(distance, HARD_QUANTILE)].mean()
-        teacher_aug = net.teacher_features(augmented)
-        x_aug = net.normalise_input(augmented)
-        ae = net.autoencoder(x_aug, teacher_aug.shape[-2:]).float()
-        student_ae = net.student(x_aug)[:, c:].float()
-        terms = {
-            "hard": hard,
-            "ae": (teacher_aug - ae).pow(2).mean(),
-            "stae": (ae - student_ae).pow(2).mean(),
-        }
+        terms = {"hard": hard}
+        if net.autoencoder is not None:
+            teacher_aug = net.teacher_features(augmented)
+            x_aug = net.normalise_input(augmented)
+            ae = net.autoencoder(x_aug, teacher_aug.shape[-2:]).float()
+            student_ae = net.student(x_aug)[:, c:].float()
+            terms["ae"] = (teacher_aug - ae).pow(2).mean()
+            terms["stae"] = (ae - student_ae).pow(2).mean()
         if penalty is not None:
             student_penalty = net.student(net.normalise_input(penalty))[:, :c].float()
             terms["penalty"] = student_penalty.pow(2).mean()
@@ -501,12 +516,24 @@ class EfficientAD(TrainedDetector):
 
     def loss(self, images: Tensor) -> dict[str, Tensor]:
         """Every term (``hard``, ``ae``, ``stae``, ``penalty`` when on) and their sum ``loss``
-        on the batch and its colour-jittered copy."""
+        on the batch and its colour-jittered copy (no copy without an autoencoder)."""
         penalty = None
         if self._penalty_batches is not None:
             penalty = next(self._penalty_batches)[: len(images)].to(self.device, non_blocking=True)
+        if self.network.autoencoder is None:
+            return self.losses(images, images, penalty)
         augmented = jitter_colours(images, seeded_generator())
         return self.losses(images, augmented, penalty)
+
+    def distillation_outputs(self, images: Tensor) -> Tensor:
+        """The student's output [B, 2C, h, w] and the autoencoder's [B, C, h, w], concatenated
+        along channels: [B, 3C, h, w] (without an autoencoder the student's [B, C, h, w])."""
+        net = self.network
+        x = net.normalise_input(images)
+        student = net.student(x)
+        if net.autoencoder is None:
+            return student
+        return torch.cat([student, net.autoencoder(x, student.shape[-2:])], dim=1)
 
     def validation_loss(self, images: Tensor) -> Tensor:
         return self.losses(images, images, None)["loss"]
@@ -538,7 +565,8 @@ class EfficientAD(TrainedDetector):
 
     @torch.no_grad()
     def map_quantiles(self, data: Dataset) -> None:
-        """``q_a, q_b`` of the raw ``M_ST`` and ``M_AE`` values over ``data``."""
+        """``q_a, q_b`` of the raw ``M_ST`` and ``M_AE`` values over ``data`` (``M_ST`` alone
+        without an autoencoder)."""
         self.network.eval()
         st, ae = [], []
         for images, _, _ in self._loader(data, shuffle=False):
@@ -548,8 +576,14 @@ class EfficientAD(TrainedDetector):
                 map_st, map_ae = self.network.maps(images)
             st.append(map_st)
             ae.append(map_ae)
-        maps_st, maps_ae = torch.cat(st), torch.cat(ae)
         q_a, q_b = MAP_QUANTILES
+        if self.network.autoencoder is None:
+            maps_st = torch.cat(st)
+            self.network.quantiles.copy_(
+                torch.stack([quantile(maps_st, q_a), quantile(maps_st, q_b)])
+            )
+            return
+        maps_st, maps_ae = torch.cat(st), torch.cat(ae)
         self.network.quantiles.copy_(
             torch.stack(
                 [
@@ -571,15 +605,22 @@ class EfficientAD(TrainedDetector):
         x = x.to(self.device)
         with self.autocast():
             map_st, map_ae = self.network.maps(x)
-        q_st_a, q_st_b, q_ae_a, q_ae_b = self.network.quantiles
-        scale_st = 0.1 / (q_st_b - q_st_a).clamp_min(1e-12)
-        scale_ae = 0.1 / (q_ae_b - q_ae_a).clamp_min(1e-12)
-        map_st, map_ae = (map_st - q_st_a) * scale_st, (map_ae - q_ae_a) * scale_ae
-        combined = (0.5 * map_st + 0.5 * map_ae)[:, None]  # [B, 1, h, w]
+        if map_ae is None:
+            q_st_a, q_st_b = self.network.quantiles
+            scale_st = 0.1 / (q_st_b - q_st_a).clamp_min(1e-12)
+            combined = ((map_st - q_st_a) * scale_st)[:, None]  # [B, 1, h, w]
+            lowest = -q_st_a * scale_st
+        else:
+            q_st_a, q_st_b, q_ae_a, q_ae_b = self.network.quantiles
+            scale_st = 0.1 / (q_st_b - q_st_a).clamp_min(1e-12)
+            scale_ae = 0.1 / (q_ae_b - q_ae_a).clamp_min(1e-12)
+            map_st, map_ae = (map_st - q_st_a) * scale_st, (map_ae - q_ae_a) * scale_ae
+            combined = (0.5 * map_st + 0.5 * map_ae)[:, None]  # [B, 1, h, w]
+            lowest = -0.5 * q_st_a * scale_st - 0.5 * q_ae_a * scale_ae
         if not self.network.padding:
             # the 4-cell ring the unpadded PDN does not see: 0 after normalising (the reference
             # code), or the normalised value of a zero raw map (anomalib's, the lowest possible)
-            lowest = float(-0.5 * q_st_a * scale_st - 0.5 * q_ae_a * scale_ae)
-            combined = F.pad(combined, (4, 4, 4, 4), value=0.0 if self.border == "zero" else lowest)
+            border = 0.0 if self.border == "zero" else float(lowest)
+            combined = F.pad(combined, (4, 4, 4, 4), value=border)
         maps = F.interpolate(combined, size=x.shape[-2:], mode="bilinear")[:, 0]  # [B, H, W]
         return Scores(image=maps.flatten(1).amax(dim=1).cpu(), pixel=maps.cpu())

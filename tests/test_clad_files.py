@@ -96,6 +96,7 @@ def test_clad_vae_and_st_files_translate(tmp_path):
     top = clad_tree(tmp_path)
     vae = load_config(top / "vae" / "test_vae_latent_replay.json")
     assert vae.detector["name"] == "vae" and vae.detector["latent_dim"] == 256
+    assert vae.detector["beta"] == 1 and vae.detector["adam_betas"] == [0.5, 0.999]
     assert vae.strategy == {"name": "latent_replay", "mem_size": 48000}
     assert vae.dataset.image_size == 256  # from models/vae.json one folder up
     assert vae.training.epochs == 50 and vae.training.patience == 0

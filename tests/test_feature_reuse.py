@@ -79,6 +79,21 @@ def test_extractors_with_other_weights_do_not_share_entries():
     assert torch.equal(a.reused(x)[0], a(x)[0])
 
 
+def test_a_new_random_extractor_never_reads_a_freed_ones_entries():
+    """``id()`` of a freed extractor is given to the next object of its size: a cache keyed by
+    it handed a new random extractor (even another architecture) the old one's features."""
+    import gc
+
+    x = torch.rand(2, 3, SIZE, SIZE)
+    for _ in range(20):
+        first = FeatureExtractor("resnet18", ("layer1",), "none")
+        first.reused(x)
+        del first
+        gc.collect()
+        second = FeatureExtractor("resnet18", ("layer2",), "none")
+        assert torch.equal(second.reused(x)[0], second(x)[0])
+
+
 def test_the_budget_is_kept():
     FEATURE_CACHE.configure(1)  # 1 MB
     extractor = FeatureExtractor("resnet18", ("layer1",), "none")

@@ -39,6 +39,7 @@ DETECTOR_KEYS = {
     "anomaly_source_path": "anomaly_source_path",
     "imagenet_train_path": "imagenet_train_path",
     "latent_dim": "latent_dim",
+    "beta": "beta",
 }
 
 
@@ -131,6 +132,9 @@ def translate(raw: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
     for src, dst in DETECTOR_KEYS.items():
         if src in clad and dst in accepted and clad[src] not in ("", None):
             detector[dst] = take(src)
+
+    if "adam_betas" in accepted and "b1" in clad and "b2" in clad:
+        detector["adam_betas"] = [float(take("b1")), float(take("b2"))]
 
     config = {
         "run_name": f"{name}_{strategy['name']}",

@@ -8,6 +8,7 @@ store each chosen image in another form; ``generative_replay`` stores no image a
 from __future__ import annotations
 
 import copy
+from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -53,13 +54,13 @@ class StoredReplay(Replay):
         super().__init__(make_detector, tasks, mem_size)
         self.stored: dict[tuple[int, int], Tensor] = {}  # (task id, index) -> stored form
 
+    @abstractmethod
     def store(self, images: Tensor) -> list[Tensor]:
         """The stored forms of ``images`` [N, C, H, W] in [0, 1]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def restore(self, stored: list[Tensor], shape: tuple[int, ...]) -> Tensor:
         """uint8 images [N, *shape] from their stored forms."""
-        raise NotImplementedError
 
     def memory(self) -> Dataset | None:
         if not self.stored:

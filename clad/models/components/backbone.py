@@ -20,6 +20,7 @@ file and where to put it; it never falls back to random weights.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -137,6 +138,7 @@ class FeatureCache:
 
 
 FEATURE_CACHE = FeatureCache()
+INSTANCES = itertools.count()  # numbers of FeatureExtractor instances, never reused
 """The process's cache of frozen-extractor outputs (``FeatureExtractor.reused``); the runner sets
 its budget from ``evaluation.feature_cache_mb``."""
 
@@ -265,6 +267,7 @@ class FeatureExtractor(nn.Module):
 
     def __init__(self, backbone: str, layers: Sequence[str], weights: str = "imagenet") -> None:
         super().__init__()
+        self.instance = next(INSTANCES)  # see ``identity``
         known = LAYERS.get(backbone)
         if known is None:
             raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
@@ -310,9 +313,11 @@ class FeatureExtractor(nn.Module):
 
     def identity(self) -> tuple:
         """What fixes this extractor's outputs: named weights are the same in every instance;
-        a random initialisation is this instance's own."""
+        a random initialisation is this instance's own (a number no other instance of the
+        process gets: ``id()`` is reused once an object is freed, which let a new random
+        extractor read a freed one's cached features)."""
         if self.weights == "none":
-            return ("random", id(self))
+            return ("random", self.instance)
         return (self.backbone, self.weights, self.layers)
 
     @torch.no_grad()

@@ -350,4 +350,15 @@ def test_the_readme_shows_what_the_demos_print(tmp_path, demo):
     printed = result.stdout.splitlines()
     expected = readme_block(f"{demo} (detector ")
     start = printed.index(expected[0])
-    assert printed[start : start + len(expected)] == expected
+    shown = printed[start : start + len(expected)]
+    if demo == "demo_patchcore":  # no training: the same digits on every CPU
+        assert shown == expected
+        return
+    # 25 epochs of gradient training: float rounding differs with the CPU's vector kernels
+    # (AVX2, AVX-512, ...) and the trained numbers drift apart (seen: final image AUROC 0.936
+    # to 0.956 with three sets of kernels; one CPU always prints the same). The table's layout
+    # must match, and the model must learn on every CPU.
+    assert [line.split()[0] for line in shown] == [line.split()[0] for line in expected]
+    assert shown[:2] == expected[:2]
+    final = next(line for line in shown if line.startswith("final_avg")).split()
+    assert float(final[1]) >= 0.90 and float(final[2]) >= 0.95

@@ -285,3 +285,7 @@ def test_generative_replay_counts_a_trained_network_as_memory():
     strategy = GenerativeReplay(TrainedLatent, mem_size=3)
     strategy.learn(unit_tasks([4])[0])
     assert strategy.memory_bytes() == tensor_bytes(strategy.detector.network.state_dict()) > 0
+    restored = GenerativeReplay(TrainedLatent, mem_size=3)
+    restored.load_state_dict(strategy.state_dict())
+    assert restored.memory_bytes() == strategy.memory_bytes()
+    assert torch.equal(restored.generator.network.weight, strategy.generator.network.weight)

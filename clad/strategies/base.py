@@ -90,3 +90,24 @@ class Strategy(ABC):
             self.detector = None
         else:
             self._current().load_state_dict(state["detector"])
+
+
+def copy_state(copy: Detector | None) -> dict | None:
+    """The state of a detector copy a strategy keeps (LwF's teacher, generative replay's
+    generator), or None when it keeps none yet."""
+    return None if copy is None else copy.state_dict()
+
+
+def restore_copy(state: dict | None, make_detector: DetectorFactory) -> Detector | None:
+    """A detector copy rebuilt from ``copy_state``'s result (None stays None)."""
+    if state is None:
+        return None
+    restored = make_detector()
+    restored.load_state_dict(state)
+    return restored
+
+
+def copy_bytes(copy: Detector | None) -> int:
+    """The memory a kept copy counts: its trained weights (a pretrained backbone is counted
+    once, with the detector)."""
+    return 0 if copy is None else copy.cost_bytes()["trainable"]

@@ -17,7 +17,13 @@ from clad.errors import ConfigError
 from clad.models.base import TrainedDetector, tensor_bytes
 from clad.records import Task
 from clad.registry import register_strategy
-from clad.strategies.base import DetectorFactory, Strategy
+from clad.strategies.base import (
+    DetectorFactory,
+    Strategy,
+    copy_bytes,
+    copy_state,
+    restore_copy,
+)
 
 
 def trained(detector: object, strategy: str) -> TrainedDetector:
@@ -206,16 +212,12 @@ class LwF(Strategy):
         return previous
 
     def memory_bytes(self) -> int:
-        return 0 if self.previous is None else self.previous.cost_bytes()["trainable"]
+        return copy_bytes(self.previous)
 
     def state_dict(self) -> dict:
-        previous = None if self.previous is None else self.previous.state_dict()
-        return {**super().state_dict(), "previous": previous}
+        return {**super().state_dict(), "previous": copy_state(self.previous)}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.previous = None
-        if state["previous"] is not None:
-            previous = self.make_detector()
-            previous.load_state_dict(state["previous"])
-            self.previous = self.frozen_copy(trained(previous, self.name))
+        previous = restore_copy(state["previous"], self.make_detector)
+        self.previous = None if previous is None else self.frozen_copy(trained(previous, self.name))

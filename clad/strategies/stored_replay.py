@@ -22,7 +22,14 @@ from clad.errors import ConfigError
 from clad.models.base import Detector
 from clad.records import Task
 from clad.registry import register_strategy
-from clad.strategies.base import DetectorFactory, Strategy, concat
+from clad.strategies.base import (
+    DetectorFactory,
+    Strategy,
+    concat,
+    copy_bytes,
+    copy_state,
+    restore_copy,
+)
 from clad.strategies.replay import Replay
 
 
@@ -241,15 +248,11 @@ class GenerativeReplay(Strategy):
         self.generator = copy.deepcopy(detector)
 
     def memory_bytes(self) -> int:
-        return 0 if self.generator is None else self.generator.cost_bytes()["trainable"]
+        return copy_bytes(self.generator)
 
     def state_dict(self) -> dict:
-        generator = None if self.generator is None else self.generator.state_dict()
-        return {**super().state_dict(), "generator": generator}
+        return {**super().state_dict(), "generator": copy_state(self.generator)}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.generator = None
-        if state["generator"] is not None:
-            self.generator = self.make_detector()
-            self.generator.load_state_dict(state["generator"])
+        self.generator = restore_copy(state["generator"], self.make_detector)

@@ -61,6 +61,7 @@ TINY: dict[str, dict] = {
     },
     "patchcore": {"weights": "none", "backbone": "resnet18"},
     "padim": {"weights": "none", "backbone": "resnet18"},
+    "dne": {"weights": "none", "backbone": "resnet18"},
 }
 SIZE = 32
 

@@ -5,6 +5,7 @@ from clad.models import (  # noqa: F401
     ast,
     autoencoder,
     cfa,
+    dne,
     draem,
     efficientad,
     fastflow,

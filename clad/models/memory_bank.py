@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -34,6 +35,12 @@ from clad.records import Scores
 Memory = dict[str, Tensor]
 
 
+def on_cpu(scores: Scores) -> Scores:
+    """Scores as float32 CPU tensors (``pixel`` stays None for detectors without maps)."""
+    pixel = None if scores.pixel is None else scores.pixel.float().cpu()
+    return Scores(image=scores.image.float().cpu(), pixel=pixel)
+
+
 class MemoryBankDetector(Detector):
     """Base class: subclasses define ``embed``, ``build_memory``, ``prepare``, ``score`` and
     ``merge_memories``; this class provides ``fit``, ``predict`` and the state dict.
@@ -44,6 +51,7 @@ class MemoryBankDetector(Detector):
     """
 
     extractor: FeatureExtractor
+    cl_variant: ClassVar[str] = "single_bank"  # the ``cl`` strategy's default variant
 
     def __init__(self, batch_size: int, device: str, num_workers: int) -> None:
         self.batch_size = batch_size
@@ -56,7 +64,8 @@ class MemoryBankDetector(Detector):
     # --- what subclasses define -------------------------------------------------------------
     @abstractmethod
     def embed(self, x: Tensor, reuse: bool = True) -> Tensor:
-        """Patch features of a batch ``x`` [B, 3, H, W] in [0, 1]: [B, C, h, w] on the device.
+        """Features of a batch ``x`` [B, 3, H, W] in [0, 1] on the device: patch features
+        [B, C, h, w] (PatchCore, PaDiM) or one embedding per image [B, D] (DNE).
         ``reuse``: the frozen backbone's outputs for a batch seen before
         (``FeatureExtractor.reused``); building a memory passes False (training images are not
         scored again)."""
@@ -75,8 +84,8 @@ class MemoryBankDetector(Detector):
         self, embedding: Tensor, prepared: object, size: tuple[int, int]
     ) -> tuple[Scores, Tensor]:
         """Scores of ``embedding`` [B, C, h, w] against a prepared memory, with maps at
-        ``size``, and the routing distance [B] (lower = the memory explains the image better).
-        Tensors stay on the device."""
+        ``size`` (None for a detector without maps: DNE), and the routing distance [B] (lower =
+        the memory explains the image better). Tensors stay on the device."""
 
     @abstractmethod
     def merge_memories(self, memories: Sequence[Memory], budget: int | None) -> Memory:
@@ -127,7 +136,7 @@ class MemoryBankDetector(Detector):
         self.check_fitted()
         with torch.no_grad():
             scores, _ = self.score(self.embed(x.to(self.device)), self._prepared, x.shape[-2:])
-        return Scores(image=scores.image.float().cpu(), pixel=scores.pixel.float().cpu())
+        return on_cpu(scores)
 
     def memory_bytes(self) -> int:
         return 0 if self.memory is None else tensor_bytes(self.memory)

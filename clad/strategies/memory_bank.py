@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from clad.models.base import tensor_bytes
-from clad.models.memory_bank import Memory, MemoryBankDetector
+from clad.models.memory_bank import Memory, MemoryBankDetector, on_cpu
 from clad.records import Scores, Task
 from clad.registry import register_strategy
 from clad.strategies.base import DetectorFactory, Strategy
@@ -25,7 +25,7 @@ class ContinualMemoryBank(Strategy):
     alone (``build_memory``: PatchCore's coreset with its ``coreset_ratio``; PaDiM's Gaussian
     sums). What happens next depends on ``variant``:
 
-    ``single_bank`` (default): one memory for all tasks seen.
+    ``single_bank`` (default for PatchCore and PaDiM): one memory for all tasks seen.
         PatchCore: bank_t = greedy k-center coreset of (bank_{t-1} U M_t) with
         ``mem_size_cl`` vectors, selected on a random projection drawn afresh for that merge
         (as the per-task coreset draws its own; the vectors kept are full-dimensional, so only
@@ -45,37 +45,43 @@ class ContinualMemoryBank(Strategy):
         memory and takes the scores of the memory with the lowest routing distance (PatchCore:
         mean over patches of the nearest-neighbour distance; PaDiM: mean Mahalanobis distance).
 
+    DNE (``detector: dne``) runs here too: its memory is a Gaussian of pooled image embeddings
+    per task, and its default variant is ``per_task`` (each test image scored by the closest task
+    Gaussian, the method's own semantics); ``single_bank`` pools the task Gaussians into one
+    (moment-matched, the official code's choice). It has no maps and no budget.
+
     Args:
         make_detector: factory of the detector (must be a ``MemoryBankDetector``).
         mem_size_cl: total memory budget in stored vectors (PatchCore bank rows), >= 1.
-        variant: ``"single_bank"`` or ``"per_task"``.
+        variant: ``"single_bank"`` or ``"per_task"``; None = the detector's ``cl_variant``
+            (``single_bank`` for PatchCore and PaDiM, ``per_task`` for DNE).
     """
 
     def __init__(
         self,
         make_detector: DetectorFactory,
         mem_size_cl: int = 20000,
-        variant: Variant = "single_bank",
+        variant: Variant | None = None,
     ) -> None:
         super().__init__(make_detector)
         if mem_size_cl < 1:
             raise ValueError(f"strategy cl: mem_size_cl must be >= 1, got {mem_size_cl}")
-        if variant not in ("single_bank", "per_task"):
+        if variant not in ("single_bank", "per_task", None):
             raise ValueError(
                 f"strategy cl: variant must be single_bank or per_task, got {variant!r}"
             )
         self.mem_size_cl = mem_size_cl
-        self.variant = variant
         self.task_memories: list[Memory] = []  # per_task only
         self._prepared: list[object] = []
-        self._current()  # fail now, not after the first task, for a detector without memory
+        detector = self._current()  # fail now, not after the first task, without memory
+        self.variant: Variant = variant or detector.cl_variant
 
     def _current(self) -> MemoryBankDetector:
         detector = super()._current()
         if not isinstance(detector, MemoryBankDetector):
             name = getattr(detector, "name", type(detector).__name__)
             raise TypeError(
-                f"strategy 'cl' works with memory-bank detectors only (patchcore, padim); "
+                f"strategy 'cl' works with memory-bank detectors only (patchcore, padim, dne); "
                 f"detector {name!r} is not one: use naive, replay, multi_task, cumulative or "
                 "single_model with it"
             )
@@ -115,8 +121,10 @@ class ContinualMemoryBank(Strategy):
         chosen = distances.argmin(0)  # [B]
         rows = torch.arange(x.shape[0], device=chosen.device)
         image = torch.stack([s.image for s, _ in results])[chosen, rows]  # [B]
-        pixel = torch.stack([s.pixel for s, _ in results])[chosen, rows]  # [B, H, W]
-        return Scores(image=image.float().cpu(), pixel=pixel.float().cpu()), chosen.cpu()
+        pixel = None
+        if results[0][0].pixel is not None:
+            pixel = torch.stack([s.pixel for s, _ in results])[chosen, rows]  # [B, H, W]
+        return on_cpu(Scores(image=image, pixel=pixel)), chosen.cpu()
 
     def memories(self) -> list[Memory]:
         """The memories held now (one for single_bank, one per task for per_task)."""

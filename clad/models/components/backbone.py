@@ -57,6 +57,7 @@ LAYERS: dict[str, dict[str, tuple[int, int]]] = {
         "blocks.4": (112, 16),
         "blocks.5": (192, 32),
         "blocks.6": (320, 32),
+        "head": (1280, 32),  # conv_head + bn2 (with its ReLU6): the pre-pooling embedding
     },
 }
 BACKBONES = tuple(LAYERS)
@@ -67,13 +68,14 @@ PYRAMID_STRIDES = (4, 8, 16)  # PaDiM's, STFPM's, FastFlow's and CFA's feature p
 def stride_layers(backbone: str, strides: Sequence[int]) -> tuple[str, ...]:
     """For each stride, the deepest layer of ``backbone`` at that stride: ResNets ``layer1``,
     ``layer2``, ``layer3`` at 4, 8, 16; efficientnet-lite0 ``blocks.1``, ``blocks.2``,
-    ``blocks.4`` (``blocks.3`` also has stride 16 but is not the last of it)."""
+    ``blocks.4`` (``blocks.3`` also has stride 16 but is not the last of it); at stride 32 the
+    last block (``layer4``, ``blocks.6``), never efficientnet-lite0's 1x1 ``head``."""
     known = LAYERS.get(backbone)
     if known is None:
         raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
     found = []
     for stride in strides:
-        at_stride = [name for name, (_, s) in known.items() if s == stride]
+        at_stride = [name for name, (_, s) in known.items() if s == stride and name != "head"]
         if not at_stride:
             available = sorted({s for _, s in known.values()})
             raise ValueError(
@@ -249,7 +251,8 @@ def _stages(name: str, network: nn.Module) -> list[tuple[str, nn.Module]]:
     """The network as an ordered list of (name, module) stages up to its last block."""
     if name == "efficientnet_lite0":
         head = [("conv_stem", network.conv_stem), ("bn1", network.bn1)]
-        return head + [(f"blocks.{i}", block) for i, block in enumerate(network.blocks)]
+        blocks = [(f"blocks.{i}", block) for i, block in enumerate(network.blocks)]
+        return head + blocks + [("head", nn.Sequential(network.conv_head, network.bn2))]
     head = [(n, getattr(network, n)) for n in ("conv1", "bn1", "relu", "maxpool")]
     return head + [(f"layer{i}", getattr(network, f"layer{i}")) for i in range(1, 5)]
 

@@ -29,16 +29,25 @@ TASKS = ["stripes", "disc", "nut"]
 
 
 def write_run(
-    folder: Path, detector: str, strategy: str, seed: int, level: float, completed: int = 3
+    folder: Path,
+    detector: str,
+    strategy: str,
+    seed: int,
+    level: float,
+    completed: int = 3,
+    maps: bool = True,
 ) -> dict:
     """A metrics.json whose image AUROC matrix is ``level`` on the diagonal, decaying below it
-    (so forgetting is positive), with every other metric a shifted copy."""
+    (so forgetting is positive), with every other metric a shifted copy; ``maps=False``: a
+    detector without anomaly maps, whose pixel metrics are all NaN."""
     n = len(TASKS)
     base = np.full((n, n), np.nan)
     for t in range(completed):
         for k in range(n):
             base[t, k] = level - 0.05 * (t - k) if k <= t else 0.5
     matrices = {m: np.clip(base - 0.01 * i, 0, 1) for i, m in enumerate(TASK_METRICS)}
+    if not maps:
+        matrices = {m: v * np.nan if m.startswith("pixel") else v for m, v in matrices.items()}
     summary = summarize(matrices, upto=completed - 1)
     record = {
         "run_name": f"{detector}_{strategy}",
@@ -294,3 +303,33 @@ def test_best_marks_choose_by_a_validation_score_when_every_run_has_one(tmp_path
     assert [r.run_name for r in rows if r.best] == ["patchcore_replay"]
     paths = write_comparison_report(folder)
     assert "chosen on test results" in paths["md"].read_text()  # the note explains both cases
+
+
+def test_dne_sits_beside_patchcore_cl_with_its_pixel_columns_not_available(tmp_path):
+    folder = tmp_path / "cl_methods"
+    cells = []
+    for detector, levels in (("patchcore", [0.95, 0.93, 0.96]), ("dne", [0.90, 0.91, 0.89])):
+        for seed, level in enumerate(levels):
+            write_run(folder, detector, "cl", seed, level, maps=detector != "dne")
+            cells.append(
+                {
+                    "run_name": f"{detector}_cl",
+                    "seed": seed,
+                    "detector": detector,
+                    "strategy": "cl",
+                    "axes": {"detector.name": detector, "seed": seed},
+                    "error": None,
+                }
+            )
+    (folder / "sweep.json").write_text(json.dumps({"name": "cl_methods", "cells": cells}))
+    paths = write_comparison_report(folder)
+    rows = read_csv(paths["csv"])
+    assert list(rows) == ["patchcore_cl", "dne_cl"]
+    image = [r["summary"]["final_avg/image_auroc"] for r in records_of(folder, "dne_cl", range(3))]
+    assert float(rows["dne_cl"]["final_avg/image_auroc:mean"]) == pytest.approx(np.mean(image))
+    assert rows["dne_cl"]["final_avg/pixel_auroc:mean"] in ("", "nan")
+    assert math.isfinite(float(rows["patchcore_cl"]["final_avg/pixel_auroc:mean"]))
+    md = paths["md"].read_text()
+    dne_line = next(row for row in md.splitlines() if row.startswith("| dne | cl"))
+    assert f"{np.mean(image):.3f}" in dne_line and "n/a" in dne_line
+    assert any(row.startswith("| patchcore | cl") for row in md.splitlines())

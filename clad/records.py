@@ -30,6 +30,9 @@ class Sample:
             ``"id_02"``) that per-section metrics group by; None for images.
         domain: machine sounds only: ``"source"`` or ``"target"`` (DCASE 2021+ domain shift);
             None for images and for data without domains (DCASE 2020).
+        mask_nonzero: how the mask file marks the defect. False (MVTec AD's 0/255 masks):
+            values above 127, or above 0 when the mask holds only 0 and 1. True (VisA, whose
+            masks number the defect instances 1, 2, 3, ...): every non-zero value.
     """
 
     path: Path
@@ -40,6 +43,7 @@ class Sample:
     has_masks: bool = True
     section: str | None = None
     domain: str | None = None
+    mask_nonzero: bool = False
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,8 @@ def test_shipped_clad_example_and_all_shipped_configs_load():
     from pathlib import Path
 
     paths = sorted(Path("configurations").glob("*.json"))
-    paths += sorted(Path("configurations/mvtec").glob("[!_]*.json"))
+    for folder in ("mvtec", "visa", "mvtec_ad2"):
+        paths += sorted(Path("configurations", folder).glob("[!_]*.json"))
     assert len(paths) > 70
     for path in paths:
         load_config(path)

@@ -141,8 +141,9 @@ class ImageDataset(Dataset):
 
     Every image is resized to ``image_size`` x ``image_size`` (bilinear with antialiasing;
     masks nearest), then centre-cropped to ``crop_size`` when given; grayscale images become
-    3-channel RGB. Masks are binarized (> 127; 0/1-coded masks are accepted too). Normal images
-    and categories without pixel ground truth get all-zero masks.
+    3-channel RGB. Masks are binarized: > 127 (0/1-coded masks: > 0), or every non-zero value
+    for samples with ``mask_nonzero`` (VisA's instance-numbered masks). Normal images and
+    categories without pixel ground truth get all-zero masks.
 
     Items are ``(image [3, S, S] float32 in [0, 1], mask [1, S, S] float32 in {0, 1}, label)``
     with S = ``crop_size or image_size``.
@@ -217,5 +218,6 @@ class ImageDataset(Dataset):
                 f"mask {sample.mask_path} is {mask.shape[2]}x{mask.shape[1]} pixels but its "
                 f"image {sample.path} is {raw.shape[2]}x{raw.shape[1]}"
             )
-        mask = (mask > (127 if mask.max() > 1 else 0)).to(torch.uint8)
+        threshold = 0 if sample.mask_nonzero or mask.max() <= 1 else 127
+        mask = (mask > threshold).to(torch.uint8)
         return image, self._fit(mask, InterpolationMode.NEAREST).bool()

@@ -16,9 +16,16 @@ class Block(BaseModel):
 
 
 class SyntheticConfig(Block):
-    """How the built-in synthetic set is generated when ``dataset.root`` does not exist yet."""
+    """How the built-in synthetic set is generated when ``dataset.root`` does not exist yet.
+
+    ``layout``: the folder layout written and read back: ``mvtec`` (MVTec AD), ``visa`` (VisA:
+    JPEG images, instance-numbered masks and ``split_csv/1cls.csv``) or ``mvtec_ad2`` (MVTec AD
+    2: its own ``validation/good`` and a ``test_public`` set). Each layout other than ``mvtec``
+    has its own default root, ``data/synthetic_<layout>``.
+    """
 
     seed: int = 0
+    layout: Literal["mvtec", "visa", "mvtec_ad2"] = "mvtec"
     image_size: int = Field(128, ge=32, le=512)
     n_train: int = Field(40, ge=2)
     n_test_good: int = Field(10, ge=1)
@@ -94,11 +101,25 @@ class DatasetConfig(Block):
     foreground] or ``rgb+depth`` [5] (``clad.benchmarks.mvtec3d``); AST's names ``RGB`` and
     ``combi`` are accepted. ``depth`` and ``rgb+depth`` need a detector that takes an
     ``input_mode``.
+
+    VisA (``name: visa``, ``clad.benchmarks.visa``): the official split file
+    ``split_csv/1cls.csv`` decides train and test; the validation split is drawn from the
+    training images with ``val_fraction``, as for MVTec AD. MVTec AD 2 (``name: mvtec_ad2``,
+    ``clad.benchmarks.mvtec_ad2``): the validation split is the dataset's own
+    ``validation/good`` folder, read as is (``val_fraction`` is ignored for it), and the test set
+    is ``test_split``, which can only be ``test_public``: ``test_private`` and
+    ``test_private_mixed`` have no public labels (MVTec's evaluation server scores them) and
+    are refused when the data is read. The synthetic set writes either layout with
+    ``synthetic.layout`` (``visa``, ``mvtec_ad2``) and is then read by that layout's reader.
+    Default roots when ``root`` is not given: ``data/visa``, ``data/mvtec_ad2``, and
+    ``data/synthetic_<layout>`` for a synthetic set in a layout other than ``mvtec``.
     """
 
     name: Literal[
         "synthetic",
         "mvtec",
+        "visa",
+        "mvtec_ad2",
         "mvtec3d",
         "synthetic3d",
         "dcase2020",
@@ -112,6 +133,7 @@ class DatasetConfig(Block):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     use_3D_dataset: bool = False
     mode: Literal["rgb", "depth", "rgb+depth"] = "rgb"
+    test_split: Literal["test_public", "test_private", "test_private_mixed"] = "test_public"
     synthetic: SyntheticConfig = SyntheticConfig()
     audio: AudioConfig | None = None  # audio datasets only; filled with the defaults for them
 
@@ -138,6 +160,34 @@ class DatasetConfig(Block):
                 "use_3D_dataset: true); 2D datasets have RGB only"
             )
         return self
+
+    @model_validator(mode="after")
+    def _layouts(self) -> DatasetConfig:
+        layout = self.synthetic.layout
+        if layout != "mvtec" and self.use_3D_dataset:
+            raise ValueError(
+                f"synthetic.layout {layout!r} applies to the 2D synthetic set (name synthetic); "
+                "the 3D synthetic set has the MVTec 3D-AD layout only"
+            )
+        if "root" not in self.model_fields_set:
+            if self.name in ("visa", "mvtec_ad2"):
+                self.root = f"data/{self.name}"
+            elif self.name == "synthetic" and layout != "mvtec":
+                self.root = f"data/synthetic_{layout}"
+        if self.test_split != "test_public" and self.image_layout != "mvtec_ad2":
+            raise ValueError(
+                f"test_split {self.test_split!r} applies to MVTec AD 2 only (name mvtec_ad2, or "
+                "synthetic with synthetic.layout mvtec_ad2)"
+            )
+        return self
+
+    @property
+    def image_layout(self) -> Literal["mvtec", "visa", "mvtec_ad2"]:
+        """The folder layout of a 2D image set: that of ``name``, or of ``synthetic.layout``
+        for the synthetic set."""
+        if self.name in ("visa", "mvtec_ad2"):
+            return self.name
+        return self.synthetic.layout if self.name == "synthetic" else "mvtec"
 
     @field_validator("categories")
     @classmethod

@@ -10,9 +10,11 @@ from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datas
 from avalanche.benchmarks.utils import AvalancheDataset
 
 from clad.benchmarks.mvtec import CLAD_TASK_ORDER, ImageDataset, read_category
+from clad.benchmarks.mvtec_ad2 import MVTEC_AD2_CATEGORIES, read_category_ad2
 from clad.benchmarks.spec import DatasetConfig
 from clad.benchmarks.synthetic import SYNTHETIC_CATEGORIES, generate_dataset
 from clad.benchmarks.validation import split_validation
+from clad.benchmarks.visa import VISA_CATEGORIES, read_category_visa
 from clad.errors import ConfigError
 from clad.records import Sample, Task
 
@@ -25,7 +27,34 @@ def default_categories(name: str) -> tuple[str, ...]:
         "synthetic": SYNTHETIC_CATEGORIES,
         "synthetic3d": SYNTHETIC_3D_CATEGORIES,
         "mvtec3d": MVTEC3D_CATEGORIES,
+        "visa": VISA_CATEGORIES,
+        "mvtec_ad2": MVTEC_AD2_CATEGORIES,
     }.get(name, CLAD_TASK_ORDER)
+
+
+Reader = Callable[[str], tuple[list[Sample], list[Sample] | None, list[Sample]]]
+
+
+def without_validation(read: Callable[[str], tuple[list[Sample], list[Sample]]]) -> Reader:
+    """A (train, test) reader as a (train, None, test) one: the validation split is drawn."""
+
+    def read3(category: str) -> tuple[list[Sample], None, list[Sample]]:
+        train, test = read(category)
+        return train, None, test
+
+    return read3
+
+
+def image_reader(config: DatasetConfig, root: Path) -> Reader:
+    """The reader of one category's (train, validation, test) samples in the dataset's layout;
+    a validation of None is drawn from train with ``val_fraction``."""
+    layout = config.image_layout
+    if layout == "visa":
+        return without_validation(partial(read_category_visa, root))
+    if layout == "mvtec_ad2":
+        # MVTec AD 2 ships its own validation/good: used as is, val_fraction is ignored.
+        return partial(read_category_ad2, root, test_split=config.test_split)
+    return without_validation(partial(read_category, root))
 
 
 def check_known(categories: list[str], known: tuple[str, ...], what: str) -> None:
@@ -37,9 +66,9 @@ def check_known(categories: list[str], known: tuple[str, ...], what: str) -> Non
         )
 
 
-def _read_3d(config: DatasetConfig, root: Path, categories: list[str]) -> Callable:
+def _read_3d(config: DatasetConfig, root: Path, categories: list[str]) -> Reader:
     """Generate the synthetic 3D set when needed; return a reader of one category's
-    (train, test) samples."""
+    (train, None, test) samples."""
     from clad.benchmarks.mvtec3d import read_category_3d
     from clad.benchmarks.synthetic3d import SYNTHETIC_3D_CATEGORIES, generate_dataset_3d
 
@@ -56,11 +85,11 @@ def _read_3d(config: DatasetConfig, root: Path, categories: list[str]) -> Callab
             n_test_per_defect=gen.n_test_per_defect,
         )
 
-    def read(category: str) -> tuple[list[Sample], list[Sample]]:
+    def read(category: str) -> tuple[list[Sample], None, list[Sample]]:
         # MVTec 3D-AD's validation/good images are normal training data here: the harness
         # draws its own seeded validation split from all of them (as for MVTec AD).
         train, validation, test = read_category_3d(root, category)
-        return train + validation, test
+        return train + validation, None, test
 
     return read
 
@@ -78,7 +107,7 @@ def build_tasks(config: DatasetConfig, seed: int) -> list[Task]:
         return build_audio_tasks(config, seed)
     root = Path(config.root)
     categories = list(config.categories or default_categories(config.name))
-    read = partial(read_category, root)
+    read = image_reader(config, root)
     make_dataset = partial(ImageDataset, image_size=config.image_size, crop_size=config.crop_size)
     if config.use_3D_dataset:
         from clad.benchmarks.mvtec3d import RGBDDataset
@@ -101,12 +130,18 @@ def build_tasks(config: DatasetConfig, seed: int) -> list[Task]:
             n_train=gen.n_train,
             n_test_good=gen.n_test_good,
             n_test_per_defect=gen.n_test_per_defect,
+            layout=gen.layout,
         )
+    elif config.name == "visa":
+        check_known(categories, VISA_CATEGORIES, "VisA")
+    elif config.name == "mvtec_ad2":
+        check_known(categories, MVTEC_AD2_CATEGORIES, "MVTec AD 2")
     splits = {"train": [], "val": [], "test": []}
     has_masks = []
     for category in categories:
-        train, test = read(category)
-        fit, val = split_validation(train, config.val_fraction, seed, category)
+        fit, val, test = read(category)
+        if val is None:
+            fit, val = split_validation(fit, config.val_fraction, seed, category)
         for split, samples in (("train", fit), ("val", val), ("test", test)):
             dataset = make_dataset(samples)
             splits[split].append(AvalancheDataset([dataset]))

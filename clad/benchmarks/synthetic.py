@@ -24,6 +24,18 @@ Layout written (as MVTec AD)::
     <root>/<category>/test/<defect>/000.png
     <root>/<category>/ground_truth/<defect>/000_mask.png   (mode L, 0/255)
 
+The same draws can be written in two other layouts (``layout``), read by their readers:
+
+- ``visa`` (``clad.benchmarks.visa``): ``<category>/Data/Images/Normal/0000.JPG`` (training
+  images first, then the normal test images), ``Data/Images/Anomaly/000.JPG`` (every defect
+  kind in turn), ``Data/Masks/Anomaly/000.png`` (mode L, the defect's connected regions
+  numbered 1, 2, ... as VisA's masks are), and ``<root>/split_csv/1cls.csv`` listing every
+  VisA-layout category generated under ``<root>``. Images are JPEG (quality 95).
+- ``mvtec_ad2`` (``clad.benchmarks.mvtec_ad2``): ``<category>/train/good/000.png``,
+  ``validation/good/000.png`` (max(2, n_train // 5) more normal draws from their own seed
+  stream), ``test_public/good/000.png``, ``test_public/bad/000.png`` (every defect kind in
+  turn) and ``test_public/ground_truth/bad/000_mask.png`` (0/255).
+
 Every image has its own ``numpy.random.Generator`` seeded with
 ``(seed, crc32(category), crc32(split or defect), index)``, so equal parameters give
 byte-identical files (on one platform) and asking for more images leaves the first ones as
@@ -33,10 +45,13 @@ the same scene.
 Command line::
 
     python main.py generate synthetic --out data/synthetic --seed 0
+    python main.py generate synthetic --out data/synthetic_visa --layout visa
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -49,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 TEXTURES = ("stripes", "checker", "weave")
 OBJECTS = ("disc", "nut", "capsule")
@@ -60,6 +76,11 @@ NOISE_STD = 0.015  # sensor noise, in [0, 1] intensity units
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 GENERATOR_VERSION = 1  # bump when the drawing changes, so stale folders are rewritten
 MARKER = ".complete"
+LAYOUTS = ("mvtec", "visa", "mvtec_ad2")
+JPEG_QUALITY = 95  # VisA layout images
+VISA_SPLIT_DIR = "split_csv"
+VISA_SPLIT_NAME = "1cls.csv"
+VISA_COLUMNS = ("object", "split", "label", "image", "mask")
 
 Colour = tuple[float, float, float]
 
@@ -558,6 +579,11 @@ def check_image_size(image_size: int) -> None:
         )
 
 
+def validation_count(n_train: int) -> int:
+    """Normal ``validation/good`` images of the ``mvtec_ad2`` layout: max(2, n_train // 5)."""
+    return max(2, n_train // 5)
+
+
 def generation_params(
     category: str,
     seed: int,
@@ -565,8 +591,16 @@ def generation_params(
     n_train: int,
     n_test_good: int,
     n_test_per_defect: int,
+    layout: str = "mvtec",
 ) -> dict[str, int | str]:
-    """Validated parameters of one category, as recorded in its ``.complete`` marker."""
+    """Validated parameters of one category, as recorded in its ``.complete`` marker.
+
+    The ``mvtec`` layout records no ``layout`` key (its markers are as they always were); the
+    others record theirs, so a folder written in another layout never counts as complete and
+    is rewritten.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown synthetic layout {layout!r}; known: {', '.join(LAYOUTS)}")
     category_spec(category)
     check_image_size(image_size)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -578,7 +612,7 @@ def generation_params(
     ):
         if count < 1:
             raise ValueError(f"{name} must be at least 1, got {count}")
-    return {
+    params: dict[str, int | str] = {
         "generator_version": GENERATOR_VERSION,
         "category": category,
         "seed": seed,
@@ -587,6 +621,11 @@ def generation_params(
         "n_test_good": n_test_good,
         "n_test_per_defect": n_test_per_defect,
     }
+    if layout != "mvtec":
+        params["layout"] = layout
+    if layout == "mvtec_ad2":
+        params["n_validation"] = validation_count(n_train)
+    return params
 
 
 def read_marker(folder: Path) -> dict | None:
@@ -607,8 +646,107 @@ def write_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG")
 
 
+def write_jpeg(array: np.ndarray, path: Path) -> None:
+    """uint8 [H, W, 3] -> RGB JPEG of quality ``JPEG_QUALITY``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="JPEG", quality=JPEG_QUALITY)
+
+
+def instance_mask(mask: np.ndarray) -> np.ndarray:
+    """[S, S] bool -> [S, S] uint8: each 8-connected region numbered 1, 2, ... (VisA style)."""
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    return np.minimum(labels, 255).astype(np.uint8)
+
+
+def defect_jobs(params: dict) -> list[tuple[str, int]]:
+    """(defect kind, index) of every defective image, kind by kind."""
+    kinds = defect_kinds(params["category"])
+    return [(kind, i) for kind in kinds for i in range(params["n_test_per_defect"])]
+
+
+def file_width(count: int) -> int:
+    return max(3, len(str(count - 1)))
+
+
+def draw(params: dict, split: str, index: int) -> Rendering:
+    """The image ``index`` of ``split`` ("train", "validation", "good" or a defect kind)."""
+    category, size = params["category"], params["image_size"]
+    rng = image_rng(params["seed"], category, split, index)
+    return render_sample(category, None if split in ("train", "validation") else split, size, rng)
+
+
+def visa_names(params: dict) -> tuple[list[str], list[str], list[str]]:
+    """File stems of the VisA layout: (training normals, test normals, anomalies)."""
+    n_train, n_good = params["n_train"], params["n_test_good"]
+    width = max(4, len(str(n_train + n_good - 1)))
+    normal = [f"{i:0{width}d}" for i in range(n_train + n_good)]
+    bad_width = file_width(len(defect_jobs(params)))
+    anomalies = [f"{i:0{bad_width}d}" for i in range(len(defect_jobs(params)))]
+    return normal[:n_train], normal[n_train:], anomalies
+
+
+def write_visa_files(folder: Path, params: dict) -> None:
+    """One category in the VisA layout (its split-file rows are ``visa_rows``)."""
+    train_names, good_names, bad_names = visa_names(params)
+    images = folder / "Data" / "Images"
+    for split, names in (("train", train_names), ("good", good_names)):
+        for index, name in enumerate(names):
+            write_jpeg(draw(params, split, index).image, images / "Normal" / f"{name}.JPG")
+    for (kind, index), name in zip(defect_jobs(params), bad_names, strict=True):
+        drawn = draw(params, kind, index)
+        write_jpeg(drawn.image, images / "Anomaly" / f"{name}.JPG")
+        write_png(instance_mask(drawn.mask), folder / "Data" / "Masks" / "Anomaly" / f"{name}.png")
+
+
+def visa_rows(params: dict) -> list[tuple[str, str, str, str, str]]:
+    """The ``split_csv/1cls.csv`` rows of one VisA-layout category (paths relative to root)."""
+    category = params["category"]
+    train_names, good_names, bad_names = visa_names(params)
+    base = f"{category}/Data"
+    rows = [(category, "train", "normal", f"{base}/Images/Normal/{n}.JPG", "") for n in train_names]
+    rows += [(category, "test", "normal", f"{base}/Images/Normal/{n}.JPG", "") for n in good_names]
+    rows += [
+        (
+            category,
+            "test",
+            "anomaly",
+            f"{base}/Images/Anomaly/{n}.JPG",
+            f"{base}/Masks/Anomaly/{n}.png",
+        )
+        for n in bad_names
+    ]
+    return rows
+
+
+def write_mvtec_ad2_files(folder: Path, params: dict) -> None:
+    """One category in the MVTec AD 2 layout (public test set only)."""
+    jobs = [
+        ("train", "train/good", params["n_train"]),
+        ("validation", "validation/good", params["n_validation"]),
+        ("good", "test_public/good", params["n_test_good"]),
+    ]
+    for split, subdir, count in jobs:
+        width = file_width(count)
+        for index in range(count):
+            write_png(draw(params, split, index).image, folder / subdir / f"{index:0{width}d}.png")
+    bad = defect_jobs(params)
+    width = file_width(len(bad))
+    for number, (kind, index) in enumerate(bad):
+        drawn = draw(params, kind, index)
+        name = f"{number:0{width}d}"
+        write_png(drawn.image, folder / "test_public" / "bad" / f"{name}.png")
+        mask = drawn.mask.astype(np.uint8) * 255
+        write_png(mask, folder / "test_public" / "ground_truth" / "bad" / f"{name}_mask.png")
+
+
 def write_category_files(folder: Path, params: dict) -> None:
-    """Draw and write every image and mask of one category under ``folder``."""
+    """Draw and write every image and mask of one category under ``folder``, in the layout of
+    its parameters."""
+    layout = params.get("layout", "mvtec")
+    if layout == "visa":
+        return write_visa_files(folder, params)
+    if layout == "mvtec_ad2":
+        return write_mvtec_ad2_files(folder, params)
     category, seed, size = params["category"], params["seed"], params["image_size"]
     jobs = [
         ("train", "train/good", params["n_train"]),
@@ -627,6 +765,91 @@ def write_category_files(folder: Path, params: dict) -> None:
                 write_png(mask, folder / "ground_truth" / split / f"{name}_mask.png")
 
 
+def split_file_owned(root: Path) -> bool:
+    """Whether ``root/split_csv/1cls.csv`` is absent or was written by this generator (its
+    folder holds the generator's marker): a real VisA split file is never overwritten."""
+    split_dir = root / VISA_SPLIT_DIR
+    return not (split_dir / VISA_SPLIT_NAME).exists() or read_marker(split_dir) is not None
+
+
+def check_split_file(root: Path) -> None:
+    if not split_file_owned(root):
+        raise FileExistsError(
+            f"{root / VISA_SPLIT_DIR / VISA_SPLIT_NAME} exists but was not written by the "
+            f"synthetic generator (no readable {VISA_SPLIT_DIR}/{MARKER} marker); a VisA-layout "
+            "synthetic set needs a root of its own; move it away or choose another root"
+        )
+
+
+class _Lock:
+    """An exclusive ``flock`` on a file while inside the block (no-op where fcntl is absent),
+    so that processes writing categories under one root rebuild the split file in turn."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> _Lock:
+        self.handle = self.path.open("a")
+        try:
+            import fcntl
+
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - not POSIX
+            pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()  # releases the lock
+
+
+def visa_category_params(root: Path) -> list[dict]:
+    """The markers of every complete VisA-layout category under ``root``: built-in categories
+    in ``SYNTHETIC_CATEGORIES`` order first, then any others by name."""
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name[0] != "."):
+        params = read_marker(folder)
+        if isinstance(params, dict) and params.get("layout") == "visa":
+            if params.get("category") == folder.name:
+                found.append(params)
+    order = {name: i for i, name in enumerate(SYNTHETIC_CATEGORIES)}
+    return sorted(found, key=lambda p: (order.get(p["category"], len(order)), p["category"]))
+
+
+def write_visa_split(root: Path | str) -> Path:
+    """(Re)write ``root/split_csv/1cls.csv`` listing every complete VisA-layout category under
+    ``root``, under a lock and atomically (a temporary file renamed over the old one); left as
+    it is when already up to date.
+
+    Raises:
+        FileExistsError: when the split file exists but is not this generator's.
+    """
+    root = Path(root)
+    split_dir = root / VISA_SPLIT_DIR
+    target = split_dir / VISA_SPLIT_NAME
+    check_split_file(root)
+    split_dir.mkdir(parents=True, exist_ok=True)
+    with _Lock(split_dir / ".lock"):
+        check_split_file(root)
+        if read_marker(split_dir) is None:  # before the csv: a kill in between leaves it ours
+            marker = {"generator_version": GENERATOR_VERSION, "layout": "visa"}
+            (split_dir / MARKER).write_text(json.dumps(marker, sort_keys=True))
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(VISA_COLUMNS)
+        for params in visa_category_params(root):
+            writer.writerows(visa_rows(params))
+        text = buffer.getvalue()
+        if target.is_file() and target.read_text() == text:
+            return target
+        temporary = split_dir / f".{VISA_SPLIT_NAME}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            temporary.write_text(text)
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+    return target
+
+
 def generate_category(
     root: Path | str,
     category: str,
@@ -635,23 +858,39 @@ def generate_category(
     n_train: int,
     n_test_good: int,
     n_test_per_defect: int,
+    layout: str = "mvtec",
 ) -> Path:
     """Write one category to ``root/category`` unless it is already there with these parameters.
 
     The files are written to a hidden temporary folder next to the target, which is renamed
-    into place only once complete, with a ``.complete`` marker (JSON of the parameters) inside;
-    a killed write leaves no half folder under the category's name. A folder from an earlier
-    generation with other parameters is replaced; a folder without a marker (not written by
-    this generator) is never touched.
+    into place only once complete, with a ``.complete`` marker (JSON of the parameters, the
+    layout among them) inside; a killed write leaves no half folder under the category's name.
+    A folder from an earlier generation with other parameters or another layout is replaced; a
+    folder without a marker (not written by this generator) is never touched. In the ``visa``
+    layout the root's ``split_csv/1cls.csv`` is then rebuilt to list every VisA-layout
+    category under the root; a split file that the generator did not write is never touched
+    (refused before anything is written).
 
     Returns:
         The category folder.
     """
-    params = generation_params(category, seed, image_size, n_train, n_test_good, n_test_per_defect)
+    params = generation_params(
+        category, seed, image_size, n_train, n_test_good, n_test_per_defect, layout
+    )
     root = Path(root)
     target = root / category
-    if is_complete(target, params):
-        return target
+    if layout == "visa":
+        check_split_file(root)
+    if not is_complete(target, params):
+        write_category(root, target, params)
+    if layout == "visa":
+        write_visa_split(root)
+    return target
+
+
+def write_category(root: Path, target: Path, params: dict) -> None:
+    """Write ``params``' category atomically to ``target`` (see ``generate_category``)."""
+    category = params["category"]
     if target.exists() and read_marker(target) is None:
         raise FileExistsError(
             f"{target} exists but was not written by the synthetic generator (no readable "
@@ -678,7 +917,6 @@ def generate_category(
                 raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    return target
 
 
 def generate_dataset(
@@ -689,9 +927,11 @@ def generate_dataset(
     n_train: int = 40,
     n_test_good: int = 10,
     n_test_per_defect: int = 4,
+    layout: str = "mvtec",
 ) -> Path:
     """Write the synthetic categories (all of ``SYNTHETIC_CATEGORIES`` by default) under
-    ``root``, skipping those already complete with the same parameters.
+    ``root`` in ``layout`` (``LAYOUTS``), skipping those already complete with the same
+    parameters.
 
     Returns:
         ``root``.
@@ -700,7 +940,9 @@ def generate_dataset(
         raise TypeError(f"categories must be a list of names, got the string {categories!r}")
     names = list(SYNTHETIC_CATEGORIES if categories is None else categories)
     for category in names:
-        category_spec(category)
+        generation_params(
+            category, seed, image_size, n_train, n_test_good, n_test_per_defect, layout
+        )
     for category in names:
         generate_category(
             root,
@@ -710,5 +952,6 @@ def generate_dataset(
             n_train=n_train,
             n_test_good=n_test_good,
             n_test_per_defect=n_test_per_defect,
+            layout=layout,
         )
     return Path(root)

@@ -2,6 +2,7 @@
 them on first use by themselves; this is for looking at them or preparing them ahead).
 
     python main.py generate synthetic --out data/synthetic --seed 0 --image-size 128
+    python main.py generate synthetic --out data/synthetic_visa --layout visa
     python main.py generate synthetic3d --out data/synthetic3d --seed 0 --image-size 64
     python main.py generate synthetic-audio --out data/synthetic_audio --layout dcase2022
 """
@@ -21,9 +22,18 @@ def synthetic(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="clad generate synthetic",
         description="Write seeded synthetic anomaly-detection categories in the MVTec AD layout "
-        "(<out>/<category>/{train/good, test/<defect>, ground_truth/<defect>}).",
+        "(<out>/<category>/{train/good, test/<defect>, ground_truth/<defect>}), or with "
+        "--layout visa (<out>/<category>/Data/{Images,Masks}/..., <out>/split_csv/1cls.csv) or "
+        "mvtec_ad2 (<out>/<category>/{train/good, validation/good, test_public/{good, bad, "
+        "ground_truth/bad}}).",
     )
     parser.add_argument("--out", type=Path, required=True, help="dataset root folder")
+    parser.add_argument(
+        "--layout",
+        choices=images.LAYOUTS,
+        default="mvtec",
+        help="folder layout to write (default mvtec)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
     parser.add_argument(
         "--categories",
@@ -45,6 +55,7 @@ def synthetic(argv: Sequence[str]) -> int:
         n_train=args.n_train,
         n_test_good=args.n_test_good,
         n_test_per_defect=args.n_test_per_defect,
+        layout=args.layout,
     )
     try:
         params = {c: images.generation_params(c, **settings) for c in args.categories}
@@ -55,11 +66,16 @@ def synthetic(argv: Sequence[str]) -> int:
         folder = images.generate_category(args.out, category=category, **settings)
         defects = images.defect_kinds(category)
         status = "already complete" if already else "written"
+        validation = params[category].get("n_validation")
+        extra = f", {validation} validation" if validation else ""
         print(
-            f"{category}: {args.n_train} train, {args.n_test_good} good + "
+            f"{category}: {args.n_train} train{extra}, {args.n_test_good} good + "
             f"{args.n_test_per_defect} x {len(defects)} defective test images "
-            f"({', '.join(defects)}), {args.image_size}px -> {folder} ({status})"
+            f"({', '.join(defects)}), {args.image_size}px, layout {args.layout} -> {folder} "
+            f"({status})"
         )
+    if args.layout == "visa":
+        print(f"split file: {args.out / images.VISA_SPLIT_DIR / images.VISA_SPLIT_NAME}")
     return 0
 
 

@@ -133,7 +133,7 @@ def test_errors_name_the_file(root3d, tmp_path):
     victim.unlink()
     with pytest.raises(DatasetError, match="no point map"):
         read_category_3d(broken, "dome")
-    with pytest.raises(DatasetError, match="found: dome"):
+    with pytest.raises(DatasetError, match="found there: dome"):
         read_category_3d(broken, "tire")
     with pytest.raises(DatasetError, match="does not exist"):
         read_category_3d(tmp_path / "nothing", "dome")

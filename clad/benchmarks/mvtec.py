@@ -72,6 +72,24 @@ def list_folders(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.is_dir() and path.name[0] != ".")
 
 
+def category_folder(root: Path | str, category: str, dataset: str = "dataset") -> Path:
+    """``root/category``, checked: the root and the category folder must exist.
+
+    Raises:
+        DatasetError: naming the missing root, or the category and the folders found instead.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{dataset} root {root} does not exist or is not a folder")
+    folder = root / category
+    if not folder.is_dir():
+        found = ", ".join(path.name for path in list_folders(root)) or "none"
+        raise DatasetError(
+            f"category {category!r} not found in {root}; categories found there: {found}"
+        )
+    return folder
+
+
 def read_category(root: Path | str, category: str) -> tuple[list[Sample], list[Sample]]:
     """List the train and test samples of one category.
 
@@ -84,15 +102,7 @@ def read_category(root: Path | str, category: str) -> tuple[list[Sample], list[S
             empty, when images lie directly in ``test/``, or when a category with a
             ``ground_truth/`` folder lacks the mask of a defective image.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"dataset root {root} does not exist or is not a folder")
-    folder = root / category
-    if not folder.is_dir():
-        found = ", ".join(path.name for path in list_folders(root)) or "none"
-        raise DatasetError(
-            f"category {category!r} not found in {root}; categories found there: {found}"
-        )
+    folder = category_folder(root, category)
     extensions = "/".join(IMAGE_EXTENSIONS)
     train_dir = folder / "train" / "good"
     if not train_dir.is_dir():

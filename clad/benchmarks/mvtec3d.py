@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
-from clad.benchmarks.mvtec import list_folders, list_images
+from clad.benchmarks.mvtec import category_folder, list_folders, list_images
 from clad.errors import DatasetError
 from clad.imageio import decode
 from clad.records import Sample
@@ -99,13 +99,7 @@ def read_category_3d(
     root: Path | str, category: str
 ) -> tuple[list[Sample], list[Sample], list[Sample]]:
     """Train, validation (empty when the folder is absent) and test samples of a category."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"MVTec 3D-AD root {root} does not exist")
-    folder = root / category
-    if not folder.is_dir():
-        found = ", ".join(p.name for p in list_folders(root)) or "none"
-        raise DatasetError(f"category {category!r} not found in {root}; found: {found}")
+    folder = category_folder(root, category, dataset="MVTec 3D-AD")
     train = _split(folder, category, "train")
     validation = _split(folder, category, "validation") if (folder / "validation").is_dir() else []
     return train, validation, _split(folder, category, "test")

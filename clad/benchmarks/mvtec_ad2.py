@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clad.benchmarks.mvtec import list_folders, list_images
+from clad.benchmarks.mvtec import category_folder, list_folders, list_images
 from clad.errors import DatasetError
 from clad.imageio import IMAGE_EXTENSIONS
 from clad.records import Sample
@@ -85,15 +85,7 @@ def read_category_ad2(
             other than good/, bad/ and ground_truth/; or when a bad image has no mask.
     """
     check_test_split(test_split)
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"dataset root {root} does not exist or is not a folder")
-    folder = root / category
-    if not folder.is_dir():
-        found = ", ".join(path.name for path in list_folders(root)) or "none"
-        raise DatasetError(
-            f"category {category!r} not found in {root}; categories found there: {found}"
-        )
+    folder = category_folder(root, category)
     train_paths = _images(folder / "train" / "good", category, "training")
     validation_paths = _images(
         folder / "validation" / "good", category, "validation (MVTec AD 2's own normal images)"

@@ -13,10 +13,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python main.py --parameters_path configurations/demo.json --seed 0 --overwrite
+	$(BIN)/python main.py --parameters_path configurations/synthetic/demo.json --seed 0 --overwrite
 
 demo-patchcore: $(STAMP)
-	$(BIN)/python main.py --parameters_path configurations/demo_patchcore.json --seed 0 --overwrite
+	$(BIN)/python main.py --parameters_path configurations/synthetic/demo_patchcore.json --seed 0 --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not realdata" -q
@@ -30,6 +30,7 @@ test-gpu: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check clad tests main.py
 	$(BIN)/ruff format --check clad tests main.py
+	$(BIN)/mypy
 
 clean-venv:
 	rm -rf $(VENV)

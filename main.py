@@ -1,4 +1,4 @@
-"""Entry point: ``python main.py --parameters_path configurations/<run>.json --seed 0``."""
+"""Entry point: ``python main.py --parameters_path configurations/<folder>/<run>.json --seed 0``."""
 
 import sys
 

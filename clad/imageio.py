@@ -44,6 +44,7 @@ def decode(path: Path, mode: str) -> Tensor:
         DatasetError: naming the file, when it is missing, truncated, not an image, or of a
             bit depth with no known scale.
     """
+    image: Image.Image
     try:
         with Image.open(path) as image:
             if image.mode in HIGH_BIT_DEPTH:

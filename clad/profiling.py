@@ -16,7 +16,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _totals: dict[str, float] | None = None  # phase -> own seconds; None: not profiling
 _counts: dict[str, int] = {}
 _inclusive: dict[str, float] = {}  # phase -> seconds including nested phases (outermost only)
-_stack: list[list] = []  # [name, start, seconds of nested phases]
+_stack: list[list[Any]] = []  # [name, start, seconds of nested phases]
 
 
 @contextlib.contextmanager
@@ -25,7 +25,7 @@ def phase(name: str) -> Iterator[None]:
     if _totals is None:
         yield
         return
-    frame = [name, time.perf_counter(), 0.0]
+    frame: list[Any] = [name, time.perf_counter(), 0.0]
     _stack.append(frame)
     try:
         yield
@@ -44,7 +44,8 @@ def phase(name: str) -> Iterator[None]:
 def profiled() -> Iterator[dict[str, float]]:
     """Collect phases while active; yields the dict of own seconds by phase (filled as it goes)."""
     global _totals
-    _totals = totals = {}
+    totals: dict[str, float] = {}
+    _totals = totals
     _counts.clear()
     _inclusive.clear()
     _stack.clear()

@@ -6,8 +6,10 @@ all speak through these types.
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from torch import Tensor
@@ -44,6 +46,12 @@ class Sample:
     section: str | None = None
     domain: str | None = None
     mask_nonzero: bool = False
+
+
+def dataset_length(data: Dataset) -> int:
+    """``len(data)``. Every dataset clad builds or passes on is map-style with a length; torch's
+    ``Dataset`` type does not declare ``__len__``, so the type checker is told here, once."""
+    return len(cast(Sized, data))
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from clad.errors import ConfigError
 
-DETECTORS: dict[str, type] = {}
-STRATEGIES: dict[str, type] = {}
+DETECTORS: dict[str, type[Any]] = {}
+STRATEGIES: dict[str, type[Any]] = {}
 
 
-def _register(table: dict[str, type], kind: str) -> Callable[[str], Callable[[type], type]]:
-    def register(name: str) -> Callable[[type], type]:
-        def decorate(cls: type) -> type:
+def _register(
+    table: dict[str, type[Any]], kind: str
+) -> Callable[[str], Callable[[type[Any]], type[Any]]]:
+    def register(name: str) -> Callable[[type[Any]], type[Any]]:
+        def decorate(cls: type[Any]) -> type[Any]:
             if name in table:
                 raise RuntimeError(f"{kind} {name!r} is registered twice")
             cls.name = name
@@ -41,19 +43,19 @@ register_detector = _register(DETECTORS, "detector")
 register_strategy = _register(STRATEGIES, "strategy")
 
 
-def detector_table() -> dict[str, type]:
+def detector_table() -> dict[str, type[Any]]:
     """Name -> detector class of every detector module imported so far (all of them once
     ``clad.models`` is imported)."""
     return DETECTORS
 
 
-def strategy_table() -> dict[str, type]:
+def strategy_table() -> dict[str, type[Any]]:
     """Name -> strategy class of every strategy module imported so far (all of them once
     ``clad.strategies`` is imported)."""
     return STRATEGIES
 
 
-def lookup(table: dict[str, type], name: str, kind: str, where: str) -> type:
+def lookup(table: dict[str, type[Any]], name: str, kind: str, where: str) -> type[Any]:
     if name not in table:
         raise ConfigError(
             f"{where}: {kind}.name: unknown {kind} {name!r}; known: {', '.join(sorted(table))}"
@@ -61,13 +63,14 @@ def lookup(table: dict[str, type], name: str, kind: str, where: str) -> type:
     return table[name]
 
 
-def signature_model(cls: type, context: tuple[str, ...] = ()) -> type[BaseModel]:
+def signature_model(cls: type[Any], context: tuple[str, ...] = ()) -> type[BaseModel]:
     """A pydantic model of ``cls.__init__``'s keyword arguments, minus the ``context`` ones.
 
-    Context arguments are supplied by the runner (a detector factory, the task list), not by
-    the config.
+    Context arguments are supplied by the runner (a detector factory, the task list, the
+    training settings), not by the config. Ranges declared in the hints
+    (``Annotated[float, Field(gt=0, le=1)]``, pydantic's ``PositiveInt``, ...) are checked.
     """
-    hints = typing.get_type_hints(cls.__init__)
+    hints = typing.get_type_hints(cls.__init__, include_extras=True)
     fields: dict[str, Any] = {}
     for name, param in inspect.signature(cls.__init__).parameters.items():
         if name == "self" or name in context:
@@ -81,12 +84,13 @@ def signature_model(cls: type, context: tuple[str, ...] = ()) -> type[BaseModel]
     )
 
 
-def parameter_names(cls: type) -> list[str]:
+def parameter_names(cls: type[Any]) -> list[str]:
+    """The keyword arguments of ``cls``'s constructor, in order."""
     return [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
 
 
 def validate_params(
-    cls: type,
+    cls: type[Any],
     params: dict[str, Any],
     where: str,
     context: tuple[str, ...] = (),

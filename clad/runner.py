@@ -8,10 +8,8 @@ strategy, the matrices and every RNG restored, so the metrics equal an uninterru
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import resource
 import shutil
 import time
@@ -25,9 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from clad.benchmarks.stream import build_tasks
-from clad.config import STRATEGY_CONTEXT, RunConfig, detector_kwargs, resolved
+from clad.config import RunConfig
 from clad.config.compare import config_differences
-from clad.errors import OutputError, TrainingError
+from clad.errors import TrainingError
 from clad.metrics import (
     TASK_METRICS,
     audio_metric_names,
@@ -41,12 +39,11 @@ from clad.models.base import private_generator, resolve_device
 from clad.models.components.backbone import FEATURE_CACHE
 from clad.profiling import phase
 from clad.records import ScoredSet, Task
-from clad.registry import detector_table, strategy_table, validate_params
 from clad.seeding import rng_state, seed_everything, set_deterministic, set_rng_state
 from clad.strategies.base import Strategy
 from clad.tracking import files
 from clad.tracking.loggers import Logger, build_loggers
-from clad.tracking.run_folders import FINISHED, LOG_FILE
+from clad.tracking.run_folders import FINISHED, RunExistsError, RunFolder, run_lock
 
 COST_KEYS = (
     "train_seconds",
@@ -60,46 +57,6 @@ COST_KEYS = (
 ``cost_bytes`` (``clad.models.base.COST_KINDS``): every detector's weights it fitted, its frozen
 pretrained weights, and every stored datum (banks, replay images, per-task memories), each byte
 once."""
-
-
-class RunExistsError(RuntimeError):
-    """The output folder already holds a run and neither resume nor overwrite was asked, another
-    process runs it, or ``--resume`` was given settings that change the results."""
-
-
-RUN_FILES = ("config.json", "metrics.json", "checkpoints", FINISHED)
-"""Entries that make a folder hold a run."""
-KEPT = (".lock", LOG_FILE)  # a sweep's lock and log stay where they are on --overwrite
-REPLACED = ".replaced"
-FAILED = ".failed"
-
-
-@contextlib.contextmanager
-def run_lock(folder: Path):
-    """An exclusive ``flock`` on ``.<folder name>.lock`` beside the run folder, taken before
-    anything in it is read or changed; held until the run ends. The kernel releases it when the
-    process dies, so a killed run's lock is never stale."""
-    import fcntl
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    path = folder.parent / f".{folder.name}.lock"
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            raise RunExistsError(
-                f"{folder} is being run now by {owner}; wait for it to end (one run per folder)"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @torch.no_grad()
@@ -146,14 +103,11 @@ def peak_memory_mb(device_type: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_strategy(config: RunConfig, tasks: Sequence[Task]) -> Strategy:
-    detector_cls = detector_table()[config.detector["name"]]
-    kwargs = detector_kwargs(config)
-    strategy_cls = strategy_table()[config.strategy["name"]]
-    params = validate_params(strategy_cls, config.strategy_params(), "strategy", STRATEGY_CONTEXT)
-    context = {"make_detector": lambda: detector_cls(**kwargs), "tasks": tasks}
-    accepted = strategy_cls.__init__.__code__.co_varnames
-    return strategy_cls(**{k: v for k, v in context.items() if k in accepted}, **params)
+def _audio_groups(task: Task) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+    """A machine-sound task's ``test_sections`` and ``test_domains`` (every audio task has
+    them)."""
+    assert task.test_sections is not None and task.test_domains is not None
+    return task.test_sections, task.test_domains
 
 
 @dataclass
@@ -163,7 +117,10 @@ class Progress:
 
     matrices: dict[str, np.ndarray]
     costs: dict[str, list[float]]
-    thresholds: dict[str, list[float]] = field(default_factory=lambda: {"image": [], "pixel": []})
+    # kind ("image", "pixel") -> one row of per-task thresholds per step
+    thresholds: dict[str, list[list[float]]] = field(
+        default_factory=lambda: {"image": [], "pixel": []}
+    )
     start: int = 0
 
 
@@ -182,6 +139,7 @@ class Run:
         self.config = config
         self.seed = seed
         self.dir = Path(output_dir or config.output.dir) / config.run_name / f"seed_{seed}"
+        self.folder = RunFolder(self.dir)
         self.resume = resume
         self.overwrite = overwrite
         self._loggers = loggers
@@ -190,99 +148,30 @@ class Run:
     def metrics_path(self) -> Path:
         return self.dir / "metrics.json"
 
-    def _checkpoints(self) -> list[Path]:
-        return sorted(
-            (self.dir / "checkpoints").glob("task_*.pt"), key=lambda p: int(p.stem.split("_")[1])
-        )
-
     def saved_text(self) -> str:
         """What this run has kept on disk so far, for the line printed when it is stopped."""
-        checkpoints = self._checkpoints()
-        if not checkpoints:
-            return f"no task finished yet in {self.dir}"
-        last = max(int(p.stem.split("_")[1]) for p in checkpoints)
-        return f"tasks 0..{last} are saved in {self.dir}"
-
-    def _holds_a_run(self) -> bool:
-        return any((self.dir / name).exists() for name in RUN_FILES)
+        return self.folder.saved_text()
 
     def _check_folder(self) -> None:
         """Refuse a folder that holds a run unless resumed or overwritten; with ``resume``,
         refuse settings that change results against the saved ``config.json``."""
-        if self.dir.exists() and not self.dir.is_dir():
-            raise RunExistsError(f"{self.dir} is a file, not a run folder")
-        if self._holds_a_run() and not (self.resume or self.overwrite):
-            raise RunExistsError(
-                f"{self.dir} already holds a run; pass --resume to continue it or --overwrite "
-                "to start it again"
-            )
-        saved = self.dir / "config.json"
-        if self.resume and saved.is_file():
-            stored = files.read_json(saved)
+        self.folder.check(self.resume, self.overwrite)
+        stored = self.folder.saved_config() if self.resume else None
+        if stored is not None:
             wanted = json.loads(json.dumps(files.jsonable(self.config.model_dump())))
             diffs = config_differences(stored, wanted)
             if diffs:
                 raise RunExistsError(
-                    f"{saved}: --resume with settings that change the results: "
-                    f"{'; '.join(diffs)}; resume with the saved settings, or pass --overwrite "
-                    "to start again"
+                    f"{self.dir / 'config.json'}: --resume with settings that change the "
+                    f"results: {'; '.join(diffs)}; resume with the saved settings, or pass "
+                    "--overwrite to start again"
                 )
-
-    def _check_writable(self) -> None:
-        """The output folder can be made and written (a probe file), before any training."""
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            probe = self.dir / f".write_probe_{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            raise OutputError(
-                f"{self.dir}: cannot write the run's outputs there ({err.strerror or err}); "
-                "choose another output folder (--output) or fix its permissions"
-            ) from None
-
-    def _set_aside(self) -> Path | None:
-        """``--overwrite``: move the old run's entries into ``.replaced/`` (restored if the new
-        run fails, deleted when it finishes); a sweep's ``log.txt`` and lock stay."""
-        if not (self.overwrite and not self.resume and self._holds_a_run()):
-            return None
-        aside = self.dir / REPLACED
-        if aside.exists():
-            shutil.rmtree(aside)
-        aside.mkdir()
-        for entry in self.dir.iterdir():
-            if entry.name not in KEPT and entry.name != REPLACED:
-                entry.rename(aside / entry.name)
-        return aside
-
-    def _restore(self, aside: Path) -> None:
-        """A failed ``--overwrite`` run: its partial outputs go to ``.failed/``, the old run
-        comes back."""
-        failed = self.dir / FAILED
-        if failed.exists():
-            shutil.rmtree(failed)
-        failed.mkdir()
-        for entry in self.dir.iterdir():
-            if entry.name not in (*KEPT, REPLACED, FAILED):
-                entry.rename(failed / entry.name)
-        for entry in aside.iterdir():
-            entry.rename(self.dir / entry.name)
-        aside.rmdir()
-        print(
-            f"[clad] the new run failed: the previous run in {self.dir} is restored (the "
-            f"failed attempt's outputs are in {failed})"
-        )
-
-    def _clean_temporary_files(self) -> None:
-        """Leftovers of writes cut short (``.<name>.<random>.tmp``)."""
-        for path in self.dir.rglob(".*.tmp"):
-            path.unlink(missing_ok=True)
 
     def execute(self) -> dict:
         """Run (or resume) the stream; return the final metrics record. One process per run
         folder (a lock beside it); nothing is read or deleted before the lock is held, and
         nothing old is moved before the config, the data and the output folder are checked."""
-        self._check_writable()
+        self.folder.check_writable()
         FEATURE_CACHE.configure(self.config.evaluation.feature_cache_mb)
         with run_lock(self.dir):
             self._check_folder()
@@ -292,23 +181,23 @@ class Run:
             with phase("data"):
                 tasks = build_tasks(self.config.dataset, self.seed)
             with phase("setup"):
-                strategy = build_strategy(self.config, tasks)
-            self._clean_temporary_files()
-            aside = self._set_aside()
+                strategy = self.config.components.build_strategy(tasks)
+            self.folder.clean_temporary_files()
+            aside = self.folder.set_aside() if self.overwrite and not self.resume else None
             try:
                 record = self._stream(strategy, tasks, wall_start)
             except BaseException:
                 if aside is not None:
-                    self._restore(aside)
+                    self.folder.restore(aside)
                 raise
             if aside is not None:
-                shutil.rmtree(aside)
+                shutil.rmtree(aside)  # the new run finished: the old one is not needed
             return record
 
     def _stream(self, strategy: Strategy, tasks: Sequence[Task], wall_start: float) -> dict:
         with phase("checkpoints"):
             progress = self._resume(strategy, tasks)
-        settings = {**self.config.model_dump(), "resolved": resolved(self.config)}
+        settings = {**self.config.model_dump(), "resolved": self.config.components.record()}
         with phase("files"):
             files.write_json(self.dir / "config.json", {**settings, "seed": self.seed})
         with phase("loggers"):
@@ -333,10 +222,7 @@ class Run:
             matrices={m: np.full((n, n), np.nan) for m in self._metric_names(tasks)},
             costs={k: [] for k in COST_KEYS},
         )
-        checkpoints = self._checkpoints() if self.resume else []
-        if not checkpoints:
-            return progress
-        found = self._last_good_checkpoint(checkpoints)
+        found = self.folder.last_good_checkpoint() if self.resume else None
         if found is None:
             return progress
         saved, path = found
@@ -355,34 +241,6 @@ class Run:
             f"({names[progress.start - 1]})"
         )
         return progress
-
-    def _last_good_checkpoint(self, checkpoints: list[Path]) -> tuple[dict, Path] | None:
-        """The newest checkpoint that loads (``files.load_checkpoint``). One without its
-        checksum file was never completely written and does not count (a line says so); a
-        damaged or foreign one is skipped with a line naming it. None when none counts; an
-        error naming them when every one that counts is unusable."""
-        counted = []
-        for path in checkpoints:
-            if files.checksum_path(path).is_file():
-                counted.append(path)
-            else:
-                print(
-                    f"[clad] ignoring {path}: its checksum was never written (interrupted "
-                    "while saving)"
-                )
-        problems = []
-        for path in reversed(counted):
-            try:
-                return files.load_checkpoint(path), path
-            except files.CheckpointError as err:
-                print(f"[clad] skipping checkpoint: {err}")
-                problems.append(str(err))
-        if not counted:
-            return None
-        raise files.CheckpointError(
-            f"{self.dir}: no usable checkpoint to resume from ({'; '.join(problems)}); start the "
-            "run again with --overwrite"
-        )
 
     def _learn_and_evaluate(
         self,
@@ -489,6 +347,7 @@ class Run:
             from clad.tracking.audio_plots import write_audio_run_plots
 
             audio = self.config.dataset.audio
+            assert audio is not None  # filled for every audio dataset by DatasetConfig
             return write_audio_run_plots(
                 self.dir, record, last_row, tasks, overlays, audio.hop_length / audio.sample_rate
             )
@@ -528,8 +387,8 @@ class Run:
         machine type and per section (``clad.metrics.audio``)."""
         if self.config.dataset.modality == "image":
             return TASK_METRICS
-        sections = [s for task in tasks for s in task.test_sections]
-        with_domains = any(d is not None for task in tasks for d in task.test_domains)
+        sections = [s for task in tasks for s in _audio_groups(task)[0]]
+        with_domains = any(d is not None for task in tasks for d in _audio_groups(task)[1])
         return audio_metric_names(sections, with_domains)
 
     def _task_values(
@@ -537,9 +396,7 @@ class Run:
     ) -> dict[str, float]:
         """One cell of every matrix for one test set."""
         if self.config.dataset.modality == "audio":
-            return evaluate_audio_scores(
-                scored.labels, scored.image, task.test_sections, task.test_domains
-            )
+            return evaluate_audio_scores(scored.labels, scored.image, *_audio_groups(task))
         return evaluate_scores(
             scored.labels,
             scored.image,

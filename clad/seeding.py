@@ -31,7 +31,9 @@ def set_deterministic(enabled: bool) -> None:
 def rng_state() -> dict:
     """Every RNG's state as tensors, ints, floats, strings and tuples only, so a checkpoint
     holding it loads with ``torch.load(weights_only=True)``."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state()
+    assert isinstance(legacy, tuple)  # the global RandomState is MT19937: a legacy tuple
+    kind, keys, pos, has_gauss, cached = legacy
     state = {
         "python": random.getstate(),
         "numpy": {

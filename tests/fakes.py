@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
-from clad.models.base import Detector, TrainedDetector
+from clad.models.base import Detector, TrainedDetector, Training
 from clad.records import Scores, Task
 
 
@@ -123,7 +125,7 @@ class RecordingTrained(TrainedDetector):
     name = "recording_trained"
 
     def __init__(self, epochs: int = 2) -> None:
-        super().__init__(epochs, batch_size=4, lr=0.05, patience=0, device="cpu")
+        super().__init__(Training(epochs=epochs, batch_size=4, lr=0.05, patience=0, device="cpu"))
         self.network = nn.Conv2d(3, 3, 1)
         self.fits: list[list[tuple[int, int]]] = []
 
@@ -142,3 +144,13 @@ class RecordingTrained(TrainedDetector):
         with torch.no_grad():
             maps = (self.network(x) - x.flip(1)).pow(2).mean(dim=1)
         return Scores(image=maps.flatten(1).mean(dim=1), pixel=maps)
+
+
+def counts(seen: list[tuple[int, int]]) -> Counter:
+    """How many of the (task id, index) pairs a detector saw come from each task."""
+    return Counter(t for t, _ in seen)
+
+
+def param_bytes(detector: TrainedDetector) -> int:
+    """Bytes of a trained detector's network parameters."""
+    return sum(p.numel() * p.element_size() for p in detector.network.parameters())

@@ -1,9 +1,11 @@
-"""Shared pieces of the synthetic-set quality tests of the trained feature detectors."""
+"""The synthetic-set quality tests' shared loop: fit a detector on a category's normal images,
+score its test images, return image and pixel AUROC."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -14,15 +16,18 @@ from clad.benchmarks.synthetic import generate_dataset
 from clad.metrics import image_auroc, pixel_auroc
 
 QUALITY_CATEGORIES = ["stripes", "disc", "nut"]
+HELD_OUT = 4  # validation images held out of the 32 training images
 
 
-def quality_root(tmp_path_factory, name: str, size: int) -> Path:
+def quality_root(
+    tmp_path_factory, name: str, size: int, categories: Sequence[str] = QUALITY_CATEGORIES
+) -> Path:
     """The synthetic categories the quality tests use (seed 0, 32 training images each)."""
     root = tmp_path_factory.mktemp(name)
     generate_dataset(
         root,
         seed=0,
-        categories=QUALITY_CATEGORIES,
+        categories=list(categories),
         image_size=size,
         n_train=32,
         n_test_good=10,
@@ -32,17 +37,32 @@ def quality_root(tmp_path_factory, name: str, size: int) -> Path:
 
 
 def evaluate_detector(
-    make: Callable[[], object], root: Path, category: str, size: int, label: str
+    make: Callable[[], object],
+    root: Path,
+    category: str,
+    size: int,
+    label: str,
+    validation: Literal["first", "last"] | None = "first",
+    seed: int = 0,
 ) -> tuple[float, float]:
-    """Fit ``make()`` (seeded) on a category's training images, the first 4 held out for
-    validation, and return its (image AUROC, pixel AUROC) on the test images."""
+    """Fit ``make()`` (built after seeding torch with ``seed``) on a category's training images
+    and return its (image AUROC, pixel AUROC) on the test images. ``validation``: which
+    ``HELD_OUT`` training images are held out for validation (the first or the last), or None
+    to fit on all of them without a validation set."""
     train, test = read_category(root, category)
     data = ImageDataset(train, size)
-    torch.manual_seed(0)
+    n = len(data)
+    torch.manual_seed(seed)
     detector = make()
-    detector.fit(Subset(data, range(4, len(data))), Subset(data, range(4)))
+    if validation is None:
+        detector.fit(data)
+    elif validation == "first":
+        detector.fit(Subset(data, range(HELD_OUT, n)), Subset(data, range(HELD_OUT)))
+    else:
+        detector.fit(Subset(data, range(n - HELD_OUT)), Subset(data, range(n - HELD_OUT, n)))
     images, masks, labels = zip(*ImageDataset(test, size))
     scores = detector.predict(torch.stack(images))
+    assert torch.isfinite(scores.image).all(), f"{label} {category}: non-finite image scores"
     image = image_auroc(np.array(labels), scores.image.numpy())
     pixel = pixel_auroc(torch.stack(masks)[:, 0].numpy(), scores.pixel.numpy())
     print(f"{label} {category}: image AUROC {image:.3f}, pixel AUROC {pixel:.3f}")

@@ -38,11 +38,9 @@ from torch.utils.data import Dataset
 from clad.benchmarks.audio_features import LogMelParams, extract_features
 from clad.benchmarks.mvtec import list_folders
 from clad.benchmarks.validation import split_validation
-from clad.errors import ConfigError, DatasetError
+from clad.errors import DatasetError
 from clad.records import Sample, Task
 
-DCASE2020_MACHINES = ("fan", "pump", "slider", "valve", "ToyCar", "ToyConveyor")
-DCASE2022_MACHINES = ("bearing", "fan", "gearbox", "slider", "ToyCar", "ToyTrain", "valve")
 LAYOUTS = ("dcase2020", "dcase2022")
 
 DCASE2020_NAME = re.compile(
@@ -219,14 +217,6 @@ def log_mel_params(audio) -> LogMelParams:
     )
 
 
-def default_machines(name: str, layout: str) -> tuple[str, ...]:
-    if name == "synthetic_audio":
-        from clad.benchmarks.synthetic_audio import SYNTHETIC_MACHINES
-
-        return SYNTHETIC_MACHINES
-    return DCASE2020_MACHINES if layout == "dcase2020" else DCASE2022_MACHINES
-
-
 def dataset_layout(config) -> str:
     """The file layout of a ``DatasetConfig`` (synthetic audio: its generator's layout)."""
     return config.audio.synthetic.layout if config.name == "synthetic_audio" else config.name
@@ -245,16 +235,10 @@ def build_audio_tasks(config, seed: int) -> list[Task]:
     audio = config.audio
     layout = dataset_layout(config)
     root = Path(config.root)
-    machines = list(config.categories or default_machines(config.name, layout))
+    machines = list(config.category_list)
     if config.name == "synthetic_audio":
-        from clad.benchmarks.synthetic_audio import SYNTHETIC_MACHINES, generate_dataset
+        from clad.benchmarks.synthetic_audio import generate_dataset
 
-        unknown = [m for m in machines if m not in SYNTHETIC_MACHINES]
-        if unknown:
-            raise ConfigError(
-                f"dataset.categories: unknown synthetic machines {unknown}; "
-                f"known: {', '.join(SYNTHETIC_MACHINES)}"
-            )
         gen = audio.synthetic
         generate_dataset(
             root,

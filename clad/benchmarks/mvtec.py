@@ -30,31 +30,6 @@ from clad.errors import DatasetError
 from clad.imageio import IMAGE_EXTENSIONS, decode
 from clad.records import Sample
 
-MVTEC_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
-MVTEC_OBJECTS = (
-    "bottle",
-    "cable",
-    "capsule",
-    "hazelnut",
-    "metal_nut",
-    "pill",
-    "screw",
-    "toothbrush",
-    "transistor",
-    "zipper",
-)
-CLAD_TASK_ORDER = (
-    "hazelnut",
-    "bottle",
-    "cable",
-    "capsule",
-    "metal_nut",
-    "pill",
-    "toothbrush",
-    "transistor",
-    "zipper",
-    "screw",
-)
 PROGRESS_MIN_IMAGES = 50  # show a decoding progress bar above this many images
 
 

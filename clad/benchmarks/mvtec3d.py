@@ -44,18 +44,6 @@ from clad.errors import DatasetError
 from clad.imageio import decode
 from clad.records import Sample
 
-MVTEC3D_CATEGORIES = (
-    "bagel",
-    "cable_gland",
-    "carrot",
-    "cookie",
-    "dowel",
-    "foam",
-    "peach",
-    "potato",
-    "rope",
-    "tire",
-)
 Mode = Literal["rgb", "depth", "rgb+depth"]
 MODE_CHANNELS = {"rgb": 3, "depth": 2, "rgb+depth": 5}
 
@@ -121,15 +109,15 @@ def read_xyz(path: Path) -> np.ndarray:
 def fill_gaps(z: np.ndarray, passes: int = 3) -> np.ndarray:
     """Set missing points (0) that have valid 3x3 neighbours to the neighbours' mean, ``passes``
     times: [H, W] -> [H, W]."""
-    z = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))[None, None]  # [1, 1, H, W]
+    zt = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))[None, None]  # [1, 1, H, W]
     kernel = torch.ones(1, 1, 3, 3)
     for _ in range(passes):
-        valid = (z != 0).float()
-        total = F.conv2d(z, kernel, padding=1)
+        valid = (zt != 0).float()
+        total = F.conv2d(zt, kernel, padding=1)
         count = F.conv2d(valid, kernel, padding=1)
         fill = (valid == 0) & (count > 0)
-        z = torch.where(fill, total / count.clamp(min=1), z)
-    return z[0, 0].numpy()
+        zt = torch.where(fill, total / count.clamp(min=1), zt)
+    return zt[0, 0].numpy()
 
 
 def background_plane(z: np.ndarray) -> np.ndarray:

@@ -26,16 +26,6 @@ from clad.errors import DatasetError
 from clad.imageio import IMAGE_EXTENSIONS
 from clad.records import Sample
 
-MVTEC_AD2_CATEGORIES = (
-    "can",
-    "fabric",
-    "fruit_jelly",
-    "rice",
-    "sheet_metal",
-    "vial",
-    "wallplugs",
-    "walnuts",
-)
 TEST_SPLITS = ("test_public", "test_private", "test_private_mixed")
 PUBLIC_TEST = "test_public"
 BAD = "bad"  # the defect name of MVTec AD 2's anomalous samples (one folder for all kinds)

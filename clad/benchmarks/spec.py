@@ -84,7 +84,7 @@ class AudioConfig(Block):
 AUDIO_DATASETS = ("dcase2020", "dcase2022", "synthetic_audio")
 
 
-DATASETS_3D = {
+DATASETS_3D: dict[str, Literal["mvtec3d", "synthetic3d"]] = {
     "mvtec3d": "mvtec3d",
     "synthetic3d": "synthetic3d",
     "mvtec": "mvtec3d",
@@ -207,6 +207,23 @@ class DatasetConfig(Block):
                 f"the audio block applies to {', '.join(AUDIO_DATASETS)} only, not {self.name!r}"
             )
         return self
+
+    @property
+    def category_list(self) -> tuple[str, ...]:
+        """The categories (machine types) streamed, in order: ``categories``, or the dataset's
+        default order (``clad.benchmarks.catalog.default_categories``)."""
+        from clad.benchmarks.catalog import default_categories
+
+        return tuple(self.categories) if self.categories else default_categories(self.name)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """[H, W] of a detector's inputs: the images' side (``crop_size``, else ``image_size``)
+        or, for machine sounds, the log-mel spectrogram's mels x frames."""
+        if self.audio is not None:
+            return (self.audio.n_mels, self.audio.frames)
+        side = self.crop_size or self.image_size
+        return (side, side)
 
     @property
     def modality(self) -> Literal["image", "audio"]:

@@ -8,29 +8,15 @@ from pathlib import Path
 
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 from avalanche.benchmarks.utils import AvalancheDataset
+from torch.utils.data import Dataset
 
-from clad.benchmarks.mvtec import CLAD_TASK_ORDER, ImageDataset, read_category
-from clad.benchmarks.mvtec_ad2 import MVTEC_AD2_CATEGORIES, read_category_ad2
+from clad.benchmarks.mvtec import ImageDataset, read_category
+from clad.benchmarks.mvtec_ad2 import read_category_ad2
 from clad.benchmarks.spec import DatasetConfig
-from clad.benchmarks.synthetic import SYNTHETIC_CATEGORIES, generate_dataset
+from clad.benchmarks.synthetic import generate_dataset
 from clad.benchmarks.validation import split_validation
-from clad.benchmarks.visa import VISA_CATEGORIES, read_category_visa
-from clad.errors import ConfigError
+from clad.benchmarks.visa import read_category_visa
 from clad.records import Sample, Task
-
-
-def default_categories(name: str) -> tuple[str, ...]:
-    from clad.benchmarks.mvtec3d import MVTEC3D_CATEGORIES
-    from clad.benchmarks.synthetic3d import SYNTHETIC_3D_CATEGORIES
-
-    return {
-        "synthetic": SYNTHETIC_CATEGORIES,
-        "synthetic3d": SYNTHETIC_3D_CATEGORIES,
-        "mvtec3d": MVTEC3D_CATEGORIES,
-        "visa": VISA_CATEGORIES,
-        "mvtec_ad2": MVTEC_AD2_CATEGORIES,
-    }.get(name, CLAD_TASK_ORDER)
-
 
 Reader = Callable[[str], tuple[list[Sample], list[Sample] | None, list[Sample]]]
 
@@ -57,23 +43,13 @@ def image_reader(config: DatasetConfig, root: Path) -> Reader:
     return without_validation(partial(read_category, root))
 
 
-def check_known(categories: list[str], known: tuple[str, ...], what: str) -> None:
-    """Fail naming the categories of a built-in set that it does not have."""
-    unknown = [c for c in categories if c not in known]
-    if unknown:
-        raise ConfigError(
-            f"dataset.categories: unknown {what} categories {unknown}; known: {', '.join(known)}"
-        )
-
-
 def _read_3d(config: DatasetConfig, root: Path, categories: list[str]) -> Reader:
     """Generate the synthetic 3D set when needed; return a reader of one category's
     (train, None, test) samples."""
     from clad.benchmarks.mvtec3d import read_category_3d
-    from clad.benchmarks.synthetic3d import SYNTHETIC_3D_CATEGORIES, generate_dataset_3d
+    from clad.benchmarks.synthetic3d import generate_dataset_3d
 
     if config.name == "synthetic3d":
-        check_known(categories, SYNTHETIC_3D_CATEGORIES, "synthetic 3D")
         gen = config.synthetic
         generate_dataset_3d(
             root,
@@ -106,9 +82,11 @@ def build_tasks(config: DatasetConfig, seed: int) -> list[Task]:
 
         return build_audio_tasks(config, seed)
     root = Path(config.root)
-    categories = list(config.categories or default_categories(config.name))
+    categories = list(config.category_list)
     read = image_reader(config, root)
-    make_dataset = partial(ImageDataset, image_size=config.image_size, crop_size=config.crop_size)
+    make_dataset: Callable[[list[Sample]], Dataset] = partial(
+        ImageDataset, image_size=config.image_size, crop_size=config.crop_size
+    )
     if config.use_3D_dataset:
         from clad.benchmarks.mvtec3d import RGBDDataset
 
@@ -120,7 +98,6 @@ def build_tasks(config: DatasetConfig, seed: int) -> list[Task]:
             crop_size=config.crop_size,
         )
     elif config.name == "synthetic":
-        check_known(categories, SYNTHETIC_CATEGORIES, "synthetic")
         gen = config.synthetic
         generate_dataset(
             root,
@@ -132,11 +109,7 @@ def build_tasks(config: DatasetConfig, seed: int) -> list[Task]:
             n_test_per_defect=gen.n_test_per_defect,
             layout=gen.layout,
         )
-    elif config.name == "visa":
-        check_known(categories, VISA_CATEGORIES, "VisA")
-    elif config.name == "mvtec_ad2":
-        check_known(categories, MVTEC_AD2_CATEGORIES, "MVTec AD 2")
-    splits = {"train": [], "val": [], "test": []}
+    splits: dict[str, list[AvalancheDataset]] = {"train": [], "val": [], "test": []}
     has_masks = []
     for category in categories:
         fit, val, test = read(category)

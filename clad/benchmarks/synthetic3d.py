@@ -17,26 +17,22 @@ Masks are the pixels where the defect changes height by more than 0.5 mm or colo
 
 from __future__ import annotations
 
-import json
-import shutil
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from clad.benchmarks.generated import is_complete, stable_id, write_folder
+
 SYNTHETIC_3D_CATEGORIES = ("puck", "dome", "bar")
 DEFECTS_3D = ("dent", "bump", "stain", "cut")
-MARKER = ".complete"
 DISTANCE = 0.5  # metres from the sensor to the background plane
 PIXEL = 0.0005  # metres per pixel at 128 px (scaled with the image size)
 
 
 def _rng(seed: int, category: str, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng(
-        [seed, zlib.crc32(category.encode()), zlib.crc32(split.encode()), index]
-    )
+    return np.random.default_rng([seed, stable_id(category), stable_id(split), index])
 
 
 def _object_height(category: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -136,7 +132,11 @@ def generate_category_3d(
     n_test_good: int,
     n_test_per_defect: int,
 ) -> Path:
-    """Write one category (skipped when a marker with the same parameters exists)."""
+    """Write one category (skipped when a marker with the same parameters exists).
+
+    The folder is written atomically (``clad.benchmarks.generated.write_folder``): an earlier
+    generation is replaced, a folder without a marker is never touched.
+    """
     if category not in SYNTHETIC_3D_CATEGORIES:
         known = ", ".join(SYNTHETIC_3D_CATEGORIES)
         raise ValueError(f"unknown synthetic 3D category {category!r}; known: {known}")
@@ -148,22 +148,23 @@ def generate_category_3d(
         "n_test_per_defect": n_test_per_defect,
     }
     final = Path(root) / category
-    marker = final / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == params:
+    if is_complete(final, params):
         return final
-    partial = Path(root) / f".{category}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    plan = [("train", "good", n_train), ("test", "good", n_test_good)]
-    plan += [("test", d, n_test_per_defect) for d in DEFECTS_3D]
-    for split, defect, count in plan:
-        for i in range(count):
-            rng = _rng(seed, category, f"{split}/{defect}", i)
-            rgb, xyz, mask = render(category, None if defect == "good" else defect, image_size, rng)
-            gt = mask if split == "test" else None
-            _write(partial / split / defect, f"{i:03d}", rgb, xyz, gt)
-    (partial / MARKER).write_text(json.dumps(params))
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
+
+    def write(partial: Path) -> dict:
+        plan = [("train", "good", n_train), ("test", "good", n_test_good)]
+        plan += [("test", d, n_test_per_defect) for d in DEFECTS_3D]
+        for split, defect, count in plan:
+            for i in range(count):
+                rng = _rng(seed, category, f"{split}/{defect}", i)
+                kind = None if defect == "good" else defect
+                rgb, xyz, mask = render(category, kind, image_size, rng)
+                gt = mask if split == "test" else None
+                _write(partial / split / defect, f"{i:03d}", rgb, xyz, gt)
+        return params
+
+    # the 3D markers keep the parameters' order (unsorted keys), as they always have
+    write_folder(final, write, owner="synthetic 3D generator", sort_keys=False)
     return final
 
 

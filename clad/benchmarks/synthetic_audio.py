@@ -50,22 +50,19 @@ Command line::
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import uuid
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from clad.benchmarks import generated
+from clad.benchmarks.generated import MARKER, read_marker, stable_id, write_folder
+
 SYNTHETIC_MACHINES = ("fan", "pump", "gearbox", "bearing")
 ANOMALY_KINDS = ("click", "drift", "burst", "dropout")
 LAYOUTS = ("dcase2020", "dcase2022")
 GENERATOR_VERSION = 2  # bump when the sound changes, so stale folders are rewritten
-MARKER = ".complete"
 TARGET_SPEED = 1.12  # DCASE 2022 layout: the target domain's speed factor
 TARGET_NOISE_DB = 3.0
 AMBIENT_DB = -30.0  # ambient floor relative to the machine's RMS
@@ -229,8 +226,8 @@ def render_clip(
             machine_sound[start : start + width] += ring[: n - start]
     elif anomaly == "dropout":
         length = rng.uniform(0.2, min(0.4, 0.5 * duration_s))
-        start = rng.uniform(0.0, duration_s - length)
-        machine_sound *= ramp_envelope(n, sample_rate, start, length, rng.uniform(12.0, 20.0))
+        start_s = rng.uniform(0.0, duration_s - length)
+        machine_sound *= ramp_envelope(n, sample_rate, start_s, length, rng.uniform(12.0, 20.0))
     ambient = 10.0 ** (AMBIENT_DB / 20.0) * level * rng.standard_normal(n)
     # the gain comes from the level before the anomaly, so anomalous clips are not louder overall
     gain = LEVEL / level * 10.0 ** (rng.uniform(-1.0, 1.0) / 20.0)
@@ -238,11 +235,6 @@ def render_clip(
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-def stable_id(text: str) -> int:
-    """CRC32 of a name: a seed component that is the same in every process."""
-    return zlib.crc32(text.encode("utf-8"))
 
 
 def clip_rng(
@@ -363,16 +355,9 @@ def machine_folder(root: Path | str, machine: str, layout: str) -> Path:
     return root / "dev_data" / machine if layout == "dcase2020" else root / machine
 
 
-def read_marker(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def is_complete(folder: Path, params: dict) -> bool:
-    marker = read_marker(folder)
-    return marker is not None and marker.get("params") == params
+    """Whether the machine folder's marker records ``params`` (under its ``"params"`` key)."""
+    return generated.is_complete(folder, params, key="params")
 
 
 def write_machine_files(folder: Path, params: dict) -> dict[str, str]:
@@ -442,34 +427,12 @@ def generate_machine(
     target = machine_folder(root, machine, layout)
     if is_complete(target, params):
         return target
-    if target.exists() and read_marker(target) is None:
-        raise FileExistsError(
-            f"{target} exists but was not written by the synthetic audio generator (no readable "
-            f"{MARKER} marker); move it away or choose another root"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    partial = target.parent / f".{machine}.partial-{tag}"
-    try:
+
+    def write(partial: Path) -> dict:
         kinds = write_machine_files(partial, params)
-        (partial / MARKER).write_text(
-            json.dumps({"params": params, "anomaly_kinds": kinds}, sort_keys=True)
-        )
-        if target.exists():  # stale generation: move aside, then remove
-            stale = target.parent / f".{machine}.stale-{tag}"
-            try:
-                os.rename(target, stale)
-            except FileNotFoundError:
-                pass
-            else:
-                shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.rename(partial, target)
-        except OSError:
-            if not is_complete(target, params):
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        return {"params": params, "anomaly_kinds": kinds}
+
+    write_folder(target, write, owner="synthetic audio generator")
     return target
 
 

@@ -22,20 +22,6 @@ from pathlib import Path
 from clad.errors import DatasetError
 from clad.records import Sample
 
-VISA_CATEGORIES = (
-    "candle",
-    "capsules",
-    "cashew",
-    "chewinggum",
-    "fryum",
-    "macaroni1",
-    "macaroni2",
-    "pcb1",
-    "pcb2",
-    "pcb3",
-    "pcb4",
-    "pipe_fryum",
-)
 SPLIT_FILE = Path("split_csv") / "1cls.csv"
 COLUMNS = ("object", "split", "label", "image", "mask")
 SPLITS = ("train", "test")
@@ -95,7 +81,9 @@ def read_category_visa(root: Path | str, category: str) -> tuple[list[Sample], l
         raise DatasetError(
             f"category {category!r} has no rows in {split_path}; categories listed there: {present}"
         )
-    train, test_good, test_bad = [], [], []
+    train: list[Sample] = []
+    test_good: list[Sample] = []
+    test_bad: list[Sample] = []
     for line, row in mine:
         where = f"{split_path} line {line}"
         split, label = row["split"], row["label"]

@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[clad] {stop.signal_name}: stopped", file=sys.stderr)
         return stop.exit_code
     except Exception as err:  # a user mistake: one clear line, no traceback
-        from clad.runner import RunExistsError
         from clad.tracking.files import CheckpointError
+        from clad.tracking.run_folders import RunExistsError
 
         if isinstance(err, (*USER_ERRORS, RunExistsError, CheckpointError, ValueError)):
             for line in str(err).strip().splitlines() or [type(err).__name__]:

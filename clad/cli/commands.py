@@ -13,10 +13,10 @@ from clad.errors import ConfigError
 RUN_HELP = """Run a continual anomaly-detection benchmark from a JSON configuration.
 
 Examples:
-  python main.py --parameters_path configurations/demo.json --seed 0
-  python main.py --parameters_path configurations/unet_ae_replay.json --seed 0 1 2
-  python main.py --parameters_path configurations/demo.json --seed 0 --resume
-  python main.py --parameters_path configurations/demo.json --set training.epochs=1 \\
+  python main.py --parameters_path configurations/synthetic/demo.json --seed 0
+  python main.py --parameters_path configurations/synthetic/unet_ae_replay.json --seed 0 1 2
+  python main.py --parameters_path configurations/synthetic/demo.json --seed 0 --resume
+  python main.py --parameters_path configurations/synthetic/demo.json --set training.epochs=1 \\
       --set "dataset.categories=[stripes,disc]"
   python main.py report output/demo
   python main.py sweep configurations/sweeps/synthetic_small.json --workers 2
@@ -168,11 +168,13 @@ def sweep_parser() -> argparse.ArgumentParser:
 
 def cmd_run(argv: list[str]) -> int:
     from clad.config import load_config
-    from clad.runner import Run
-    from clad.tracking.report import write_run_report
 
     args = run_parser().parse_args(argv)
     config = load_config(args.parameters_path, args.overrides)
+    # the run's heavy imports (data readers, metrics, loggers) only once the config is valid
+    from clad.runner import Run
+    from clad.tracking.report import write_run_report
+
     for seed in args.seed:
         run = Run(config, seed, args.output, resume=args.resume, overwrite=args.overwrite)
         try:

@@ -13,9 +13,12 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from clad.benchmarks import generated
 from clad.benchmarks import synthetic as images
 from clad.benchmarks import synthetic3d as depth
 from clad.benchmarks import synthetic_audio as sounds
+from clad.benchmarks import synthetic_drawing as drawing
+from clad.benchmarks import synthetic_layouts as layouts
 
 
 def synthetic(argv: Sequence[str]) -> int:
@@ -30,7 +33,7 @@ def synthetic(argv: Sequence[str]) -> int:
     parser.add_argument("--out", type=Path, required=True, help="dataset root folder")
     parser.add_argument(
         "--layout",
-        choices=images.LAYOUTS,
+        choices=layouts.LAYOUTS,
         default="mvtec",
         help="folder layout to write (default mvtec)",
     )
@@ -62,9 +65,9 @@ def synthetic(argv: Sequence[str]) -> int:
     except ValueError as err:
         parser.error(str(err))
     for category in args.categories:
-        already = images.is_complete(args.out / category, params[category])
+        already = generated.is_complete(args.out / category, params[category])
         folder = images.generate_category(args.out, category=category, **settings)
-        defects = images.defect_kinds(category)
+        defects = drawing.defect_kinds(category)
         status = "already complete" if already else "written"
         validation = params[category].get("n_validation")
         extra = f", {validation} validation" if validation else ""
@@ -75,7 +78,7 @@ def synthetic(argv: Sequence[str]) -> int:
             f"({status})"
         )
     if args.layout == "visa":
-        print(f"split file: {args.out / images.VISA_SPLIT_DIR / images.VISA_SPLIT_NAME}")
+        print(f"split file: {args.out / layouts.VISA_SPLIT_DIR / layouts.VISA_SPLIT_NAME}")
     return 0
 
 

@@ -12,28 +12,30 @@ from clad.config.loading import (
     read_config,
 )
 from clad.config.schema import (
+    DETECTOR_CONTEXT,
     STRATEGY_CONTEXT,
-    TRAINING_KEYS,
+    Components,
     RunConfig,
-    detector_kwargs,
-    resolved,
+    TrainingConfig,
+    build_detector,
     validate_config,
 )
 
 __all__ = [
+    "DETECTOR_CONTEXT",
     "STRATEGY_CONTEXT",
-    "TRAINING_KEYS",
     "AudioConfig",
+    "Components",
     "DatasetConfig",
     "RunConfig",
     "SyntheticConfig",
+    "TrainingConfig",
     "apply_overrides",
-    "detector_kwargs",
+    "build_detector",
     "is_clad_format",
     "load_config",
     "parse_value",
     "read_config",
     "read_json",
-    "resolved",
     "validate_config",
 ]

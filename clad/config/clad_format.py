@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import clad.models  # noqa: F401  (fills the detector table)
-from clad.benchmarks.mvtec import CLAD_TASK_ORDER
-from clad.benchmarks.mvtec3d import MVTEC3D_CATEGORIES
+from clad.benchmarks.catalog import CLAD_TASK_ORDER, MVTEC3D_CATEGORIES
 from clad.config.files import read_json
 from clad.errors import ConfigError
 from clad.registry import detector_table, parameter_names
@@ -116,13 +115,16 @@ def translate(raw: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
     else:
         used.add("crp_size")
 
+    # training keys the detector uses (memory-bank detectors: batch_size only); the rest is
+    # reported as ignored
+    uses = getattr(detector_table()[name], "training_keys", ())
     training: dict[str, Any] = {}
     for src, dst in (("num_epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr")):
-        if src in clad:
+        if src in clad and dst in uses:
             training[dst] = take(src)
-    if "patience" in clad:
+    if "patience" in clad and "patience" in uses:
         training["patience"] = int(take("patience"))
-    if "early_stopping" in clad and not take("early_stopping"):
+    if "early_stopping" in clad and "patience" in uses and not take("early_stopping"):
         training["patience"] = 0
     # device_name / device_id are not translated: the device is chosen with training.device
     # ("auto": CUDA when present), so a CLAD file also runs on a machine without cuda:0.

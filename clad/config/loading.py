@@ -96,11 +96,15 @@ def _merged(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, check_machine: bool = True
+) -> RunConfig:
     """Read a run config (ours, with its base, or CLAD's format), apply overrides and validate
-    it."""
+    it (``validate_config``; ``check_machine=False`` leaves out the dataset's folders and the
+    device, for a config that runs elsewhere)."""
     raw = read_config(path)
-    return validate_config(apply_overrides(raw, overrides or []), str(path), overrides or ())
+    overrides = overrides or []
+    return validate_config(apply_overrides(raw, overrides), str(path), overrides, check_machine)
 
 
 def is_clad_format(raw: dict[str, Any]) -> bool:

@@ -1,24 +1,44 @@
-"""The typed run configuration and its validation.
+"""The typed run configuration and its one validation.
 
 Every block forbids unknown keys. The ``dataset`` block is the benchmarks' own
 (``clad.benchmarks.spec``), so readers never import the configuration. The ``detector`` and
 ``strategy`` blocks are ``{"name": ...}`` plus the parameters of the chosen class; those are
-validated against the class's constructor signature (see ``clad.registry``), so a misspelled
-parameter fails at load time, naming the file and the field. Importing this module imports
-``clad.models`` and ``clad.strategies``, which fills the registry's tables.
+validated against the class's constructor signature (types and ranges, see ``clad.registry``)
+and its ``check_arguments``, the ``training`` block against what the detector uses, the
+categories against the dataset's folders and the device against the machine: all of it once,
+in ``validate_config``, before any data is read. The result keeps what it validated
+(``RunConfig.components``): the classes, their arguments and the ``Training`` value, which the
+runner builds from without checking anything again.
+
+Importing this module imports ``clad.models`` and ``clad.strategies`` (torch and the detector
+modules; the heavy libraries they use are imported when a detector is built).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 import clad.models  # noqa: F401  (fills the detector table)
 import clad.strategies  # noqa: F401  (fills the strategy table)
+from clad.benchmarks.catalog import check_categories
 from clad.benchmarks.spec import DatasetConfig
 from clad.errors import ConfigError
+from clad.models.base import TRAINING_KEYS, Detector, Training, check_device
+from clad.models.components.precision import Precision
 from clad.registry import (
     detector_table,
     format_validation_error,
@@ -27,11 +47,15 @@ from clad.registry import (
     strategy_table,
     validate_params,
 )
+from clad.strategies.base import Strategy
 
-# Runner-supplied arguments of detector/strategy constructors (never set from config).
 STRATEGY_CONTEXT = ("make_detector", "tasks")
-# Shared training settings injected into detectors whose constructor names them.
-TRAINING_KEYS = ("epochs", "batch_size", "lr", "patience", "device", "num_workers", "precision")
+"""Strategy constructor arguments the runner supplies (never set from a config)."""
+DETECTOR_CONTEXT = ("training",)
+"""Detector constructor arguments the runner supplies: the ``Training`` value."""
+DATASET_ARGUMENTS = ("input_mode", "input_size")
+"""Detector constructor arguments filled from the dataset block (never set in the detector
+block): ``input_mode`` (``dataset.mode``) and ``input_size`` (the images' side)."""
 
 
 class Block(BaseModel):
@@ -39,18 +63,31 @@ class Block(BaseModel):
 
 
 class TrainingConfig(Block):
-    """Shared training settings, passed to every detector whose constructor names them. A key
-    left out (null) keeps the detector's own default (STFPM's lr 0.4, AST's epochs, ...); the
-    values that ran are in ``config.json`` under ``resolved``."""
+    """Training settings. A key left out (null) keeps the detector's own default
+    (``training_defaults``: STFPM's lr 0.4, AST's 72 epochs, ...); a key the detector does not
+    use (``training_keys``: memory-bank detectors take only ``batch_size``, ``device`` and
+    ``num_workers``) is refused. The values that ran are in ``config.json`` under
+    ``resolved.training``."""
 
-    epochs: int | None = Field(None, ge=1)
-    batch_size: int | None = Field(None, ge=1)
-    lr: float | None = Field(None, gt=0.0)
-    patience: int | None = Field(None, ge=0)
+    epochs: PositiveInt | None = None
+    batch_size: PositiveInt | None = None
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    patience: NonNegativeInt | None = None
     device: str = "auto"
-    num_workers: int = Field(0, ge=0)
-    precision: Literal["fp32", "bf16", "fp16"] | None = None  # None: each detector's own
+    num_workers: NonNegativeInt = 0
+    precision: Precision | None = None
     deterministic: bool = True  # torch's deterministic algorithms (and cuBLAS's workspace)
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        if value != "auto" and value != "cpu" and not value.startswith("cuda"):
+            raise ValueError("expected auto, cpu, cuda or cuda:<index>")
+        if value.startswith("cuda") and value != "cuda":
+            index = value.removeprefix("cuda:")
+            if not value.startswith("cuda:") or not index.isdigit():
+                raise ValueError("expected auto, cpu, cuda or cuda:<index>")
+        return value
 
 
 class EvaluationConfig(Block):
@@ -76,6 +113,50 @@ class WandbConfig(Block):
     tags: list[str] = []
 
 
+@dataclass(frozen=True)
+class Components:
+    """What a validated configuration builds: the detector and strategy classes, their
+    constructor arguments and the detector's ``Training`` value."""
+
+    detector: type[Detector]
+    detector_arguments: dict[str, Any]
+    training: Training
+    strategy: type[Strategy]
+    strategy_arguments: dict[str, Any]
+
+    def make_detector(self) -> Detector:
+        """A new detector with the validated arguments (and the training settings, when its
+        constructor takes them)."""
+        # Each detector's constructor has its own keywords (checked by name at run time).
+        make: Callable[..., Detector] = self.detector
+        if "training" in parameter_names(self.detector):
+            return make(**self.detector_arguments, training=self.training)
+        return make(**self.detector_arguments)
+
+    def build_strategy(self, tasks: Sequence[Any]) -> Strategy:
+        """The strategy over ``tasks``, given the context arguments its constructor names."""
+        context = {"make_detector": self.make_detector, "tasks": tasks}
+        names = parameter_names(self.strategy)
+        given = {k: v for k, v in context.items() if k in names}
+        make: Callable[..., Strategy] = self.strategy
+        return make(**given, **self.strategy_arguments)
+
+    def record(self) -> dict[str, Any]:
+        """What runs, every default filled in (``config.json``'s ``resolved``)."""
+        return {
+            "detector": {"name": self.detector.name, **self.detector_arguments},
+            "training": {
+                k: v for k, v in dataclasses.asdict(self.training).items() if k in self.uses
+            },
+            "strategy": {"name": self.strategy.name, **self.strategy_arguments},
+        }
+
+    @property
+    def uses(self) -> tuple[str, ...]:
+        """The training keys the detector uses."""
+        return tuple(getattr(self.detector, "training_keys", ()))
+
+
 class RunConfig(Block):
     run_name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")  # a plain folder name
     dataset: DatasetConfig = DatasetConfig()
@@ -85,6 +166,14 @@ class RunConfig(Block):
     evaluation: EvaluationConfig = EvaluationConfig()
     output: OutputConfig = OutputConfig()
     wandb: WandbConfig = WandbConfig()
+    _components: Components | None = PrivateAttr(default=None)
+
+    @property
+    def components(self) -> Components:
+        """The validated classes and arguments (``validate_config`` fills them)."""
+        if self._components is None:
+            raise RuntimeError("RunConfig.components: validate the config with validate_config")
+        return self._components
 
     def detector_params(self) -> dict[str, Any]:
         return {k: v for k, v in self.detector.items() if k != "name"}
@@ -93,9 +182,16 @@ class RunConfig(Block):
         return {k: v for k, v in self.strategy.items() if k != "name"}
 
 
-def validate_config(data: dict[str, Any], source: str, overrides: Sequence[str] = ()) -> RunConfig:
-    """Validate a raw dict. Each problem is one line ``<source>: <field>: <problem>`` with
-    ``source`` the file, or ``--set <key>`` for a field that one of ``overrides`` set."""
+def validate_config(
+    data: dict[str, Any], source: str, overrides: Sequence[str] = (), check_machine: bool = True
+) -> RunConfig:
+    """Validate a raw dict, once, before any data is read. Each problem is one line
+    ``<source>: <field>: <problem>``, with ``source`` the file, or ``--set <key>`` for a field
+    that one of ``overrides`` set.
+
+    ``check_machine``: also check what depends on the machine that runs it: the dataset's
+    folders and the training device (a sweep's driver leaves them to the machines that run the
+    cells)."""
 
     def blame(field: str) -> str | None:
         for item in overrides:
@@ -117,69 +213,136 @@ def validate_config(data: dict[str, Any], source: str, overrides: Sequence[str] 
     strategy_cls = lookup(
         strategy_table(), config.strategy["name"], "strategy", blame("strategy.name") or source
     )
+    detector_arguments = _detector_arguments(detector_cls, config, source, blame)
+    training = _training(detector_cls, config, source, blame)
+    strategy_arguments = validate_params(
+        strategy_cls, config.strategy_params(), f"{source}: strategy", STRATEGY_CONTEXT, blame
+    )
+    _checked(
+        lambda: strategy_cls.check_arguments(strategy_arguments, detector_cls),
+        source,
+        f"strategy {strategy_cls.name!r}",
+        blame,
+    )
+    if check_machine:
+        dataset = config.dataset
+        _checked(
+            lambda: check_categories(dataset.name, dataset.root, dataset.category_list),
+            source,
+            None,
+            blame,
+        )
+        _checked(lambda: check_device(training.device), source, None, blame)
+    config._components = Components(
+        detector_cls, detector_arguments, training, strategy_cls, strategy_arguments
+    )
+    return config
+
+
+def _checked(
+    check: Callable[[], None],
+    source: str,
+    owner: str | None,
+    blame: Callable[[str], str | None] = lambda field: None,
+) -> None:
+    """Run a check; its ``ValueError`` becomes one ``ConfigError`` line naming where the value
+    came from (``source``, or the ``--set`` that set the field the message starts with) and
+    ``owner``, the detector or strategy whose check it is."""
+    try:
+        check()
+    except ValueError as err:
+        text = str(err)
+        field = text.split(":", 1)[0]
+        origin = (blame(field) if "." in field and " " not in field else None) or source
+        raise ConfigError(f"{origin}: {owner + ': ' if owner else ''}{text}") from None
+
+
+def _detector_arguments(
+    cls: type, config: RunConfig, source: str, blame: Callable[[str], str | None]
+) -> dict[str, Any]:
+    """The detector's validated constructor arguments: its block's parameters plus those filled
+    from the dataset (``DATASET_ARGUMENTS``), then its ``check_arguments``."""
     params = config.detector_params()
     for key in TRAINING_KEYS:
         if key in params:
             raise ConfigError(
-                f"{source}: detector.{key}: set it in the training block (training.{key})"
+                f"{blame(f'detector.{key}') or source}: detector.{key}: set it in the training "
+                f"block (training.{key})"
             )
     if "input_mode" in params:
-        raise ConfigError(
-            f"{source}: detector.input_mode: set the inputs with dataset.mode instead"
-        )
+        raise ConfigError(f"{source}: detector.input_mode: set the inputs with dataset.mode")
     if "input_size" in params:
         raise ConfigError(
             f"{source}: detector.input_size: the images' side comes from dataset.image_size "
             "(or dataset.crop_size)"
         )
-    if config.dataset.mode != "rgb" and "input_mode" not in parameter_names(detector_cls):
+    names = parameter_names(cls)
+    dataset = config.dataset
+    if dataset.mode != "rgb" and "input_mode" not in names:
         takes = sorted(n for n, c in detector_table().items() if "input_mode" in parameter_names(c))
         raise ConfigError(
-            f"{source}: dataset.mode {config.dataset.mode!r}: detector "
-            f"{config.detector['name']!r} takes RGB images only; detectors that take depth: "
-            f"{', '.join(takes) or 'none'}"
+            f"{source}: dataset.mode {dataset.mode!r}: detector {config.detector['name']!r} "
+            f"takes RGB images only; detectors that take depth: {', '.join(takes) or 'none'}"
         )
-    validate_params(
-        detector_cls,
-        {**_training_for(detector_cls, config), **params},
-        f"{source}: detector",
-        blame=blame,
-    )
-    validate_params(
-        strategy_cls, config.strategy_params(), f"{source}: strategy", STRATEGY_CONTEXT, blame
-    )
-    return config
-
-
-def _training_for(detector_cls: type, config: RunConfig) -> dict[str, Any]:
-    """The shared training keys the config sets (not null) and the detector's constructor names,
-    ``input_mode`` (the dataset's ``mode``) and ``input_size`` (the images' side: the dataset's
-    ``crop_size``, else its ``image_size``) for detectors that take them."""
-    names = parameter_names(detector_cls)
-    shared = {k: v for k, v in config.training.model_dump().items() if k in names and v is not None}
+    filled: dict[str, Any] = {}
     if "input_mode" in names:
-        shared["input_mode"] = config.dataset.mode
+        filled["input_mode"] = dataset.mode
     if "input_size" in names:
-        shared["input_size"] = (
-            getattr(config.dataset, "crop_size", None) or config.dataset.image_size
-        )
-    return shared
-
-
-def resolved(config: RunConfig) -> dict[str, Any]:
-    """What runs, every default filled in: the detector's and the strategy's constructor
-    arguments (the runner's context arguments left out)."""
-    strategy_cls = strategy_table()[config.strategy["name"]]
-    strategy = validate_params(strategy_cls, config.strategy_params(), "strategy", STRATEGY_CONTEXT)
-    return {
-        "detector": {"name": config.detector["name"], **detector_kwargs(config)},
-        "strategy": {"name": config.strategy["name"], **strategy},
-    }
-
-
-def detector_kwargs(config: RunConfig) -> dict[str, Any]:
-    """Constructor arguments of the configured detector: its params plus shared training keys."""
-    cls = detector_table()[config.detector["name"]]
-    return validate_params(
-        cls, {**_training_for(cls, config), **config.detector_params()}, "detector"
+        filled["input_size"] = dataset.input_size[0]
+    arguments = validate_params(
+        cls, {**filled, **params}, f"{source}: detector", DETECTOR_CONTEXT, blame
     )
+    check = getattr(cls, "check_arguments", None)
+    if check is not None:
+        _checked(
+            lambda: check(arguments, dataset.input_size),
+            source,
+            f"detector {config.detector['name']!r}",
+            lambda field: blame(f"detector.{field}") or blame(field),
+        )
+    return arguments
+
+
+def _training(
+    cls: type, config: RunConfig, source: str, blame: Callable[[str], str | None]
+) -> Training:
+    """The detector's ``training_defaults`` with the training keys the run sets; a set key
+    the detector does not use is an error naming both."""
+    block = config.training
+    given = {
+        key: getattr(block, key)
+        for key in TRAINING_KEYS
+        if key in block.model_fields_set and getattr(block, key) is not None
+    }
+    uses = tuple(getattr(cls, "training_keys", ()))
+    for key in given:
+        if key not in uses:
+            takes = ", ".join(f"training.{k}" for k in uses) or "no training settings"
+            raise ConfigError(
+                f"{blame(f'training.{key}') or source}: training.{key}: detector "
+                f"{config.detector['name']!r} does not use it (it takes {takes})"
+            )
+    return dataclasses.replace(getattr(cls, "training_defaults", Training()), **given)
+
+
+def build_detector(
+    name: str, settings: dict[str, Any], input_size: tuple[int, int] | None = None
+) -> Detector:
+    """A detector built in Python from one flat dict of its constructor arguments and training
+    keys (``{"weights": "none", "epochs": 2, "device": "cpu"}``), checked as a configuration's
+    ``detector`` and ``training`` blocks are (``input_size``: also run its
+    ``check_arguments`` for inputs of that [H, W]). For benchmarks and scripts."""
+    cls = lookup(detector_table(), name, "detector", "settings")
+    given = {k: v for k, v in settings.items() if k in TRAINING_KEYS and v is not None}
+    uses = tuple(getattr(cls, "training_keys", ()))
+    unused = sorted(set(given) - set(uses))
+    if unused:
+        raise ConfigError(f"settings: detector {name!r} does not use {', '.join(unused)}")
+    params = {k: v for k, v in settings.items() if k not in TRAINING_KEYS}
+    arguments = validate_params(cls, params, f"settings: detector {name}", DETECTOR_CONTEXT)
+    if input_size is not None:
+        _checked(lambda: cls.check_arguments(arguments, input_size), "settings", name)
+    training = dataclasses.replace(getattr(cls, "training_defaults", Training()), **given)
+    if "training" in parameter_names(cls):
+        return cls(**arguments, training=training)
+    return cls(**arguments)

@@ -48,17 +48,21 @@ then mapped to [-1, 1] for the tanh generator).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import NonNegativeFloat, PositiveInt
 from torch import Tensor, autograd, nn
 from torch.utils.data import DataLoader, Dataset
 
-from clad.models.base import TrainedDetector, private_generator, tensor_bytes
-from clad.models.components.precision import Precision
-from clad.records import Scores
+if TYPE_CHECKING:
+    from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
+
+from clad.models.base import TrainedDetector, Training, private_generator, tensor_bytes
+from clad.records import Scores, dataset_length
 from clad.registry import register_detector
 
 GENERATOR_SCORES = tuple(
@@ -69,7 +73,9 @@ GENERATOR_SCORES = tuple(
 )
 DISCRIMINATOR_SCORES = ("D-LOF", "D-KNN")
 SCORE_NAMES = GENERATOR_SCORES + DISCRIMINATOR_SCORES
-ScoreName = Literal[SCORE_NAMES]  # every variant of the paper, e.g. "G-z-cos-min", "D-LOF"
+# every variant of the paper, e.g. "G-z-cos-min", "D-LOF" (pydantic checks it; a Literal built at
+# run time is Any to the type checker)
+ScoreName = Literal[SCORE_NAMES]  # type: ignore[valid-type]
 PATCH_CHUNK = 512  # patches per forward pass at scoring time
 ANALYSIS_CLIPS = 8  # clips per batch when scoring and embedding (all their windows at once)
 
@@ -80,7 +86,7 @@ class Windows(Dataset):
     ``(window [C, n_mels, frames], mask window, label)``."""
 
     def __init__(self, clips: Dataset, frames: int, hop: int) -> None:
-        if len(clips) == 0:
+        if dataset_length(clips) == 0:
             raise ValueError("aegan: no clips to cut into windows")
         length = clips[0][0].shape[-1]
         last = length - frames
@@ -92,7 +98,7 @@ class Windows(Dataset):
         self.clips, self.frames, self.starts = clips, frames, starts
 
     def __len__(self) -> int:
-        return len(self.clips) * len(self.starts)
+        return dataset_length(self.clips) * len(self.starts)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
         clip, window = divmod(index, len(self.starts))
@@ -291,59 +297,40 @@ class AEGAN(TrainedDetector):
         score: the scoring variant (``SCORE_NAMES``).
         lof_neighbors, knn_neighbors: k of the LOF and KNN embedding scores (capped by the number
             of training clips).
-        epochs, batch_size (clips), lr (both networks), patience, device, num_workers: training.
+        training: ``Training`` (``batch_size`` counts clips, ``lr`` is both networks'); by
+            default 60 epochs at lr 2e-4, batch 16, early stopping after 10 epochs, float32
+            (the critic's gradient penalty differentiates twice).
     """
 
     supports_regularizer = False  # its updates are adversarial pairs (training_step)
-    default_precision = "fp32"  # the critic's gradient penalty differentiates twice
+    network: nn.ModuleDict  # "generator": Generator, "discriminator": Discriminator
+    training_defaults = Training(epochs=60, batch_size=16, lr=2e-4, patience=10, precision="fp32")
 
     def __init__(
         self,
-        n_mels: int = 128,
-        patch_frames: int = 128,
-        patch_hop: int = 1,
-        patches_per_clip: int | None = None,
-        nz: int = 256,
-        ndf: int = 32,
-        ngf: int = 32,
-        feature_match_mu: float = 0.1,
-        feature_match_sigma: float = 0.0,
-        gradient_penalty: float = 10.0,
-        n_critic: int = 1,
+        n_mels: PositiveInt = 128,
+        patch_frames: PositiveInt = 128,
+        patch_hop: PositiveInt = 1,
+        patches_per_clip: PositiveInt | None = None,
+        nz: PositiveInt = 256,
+        ndf: PositiveInt = 32,
+        ngf: PositiveInt = 32,
+        feature_match_mu: NonNegativeFloat = 0.1,
+        feature_match_sigma: NonNegativeFloat = 0.0,
+        gradient_penalty: NonNegativeFloat = 10.0,
+        n_critic: PositiveInt = 1,
         score: ScoreName = "D-LOF",
-        lof_neighbors: int = 4,
-        knn_neighbors: int = 2,
-        epochs: int = 60,
-        batch_size: int = 16,
-        lr: float = 2e-4,
-        patience: int = 10,
-        device: str = "auto",
-        num_workers: int = 0,
-        precision: Precision | None = None,
+        lof_neighbors: PositiveInt = 4,
+        knn_neighbors: PositiveInt = 2,
+        training: Training | None = None,
     ) -> None:
-        for name, value in (
-            ("patch_hop", patch_hop),
-            ("patches_per_clip", 1 if patches_per_clip is None else patches_per_clip),
-            ("nz", nz),
-            ("ndf", ndf),
-            ("ngf", ngf),
-            ("n_critic", n_critic),
-            ("lof_neighbors", lof_neighbors),
-            ("knn_neighbors", knn_neighbors),
-            ("epochs", epochs),
-            ("batch_size", batch_size),
-        ):
-            if value < 1:
-                raise ValueError(f"aegan: {name} must be at least 1, got {value}")
-        if score not in SCORE_NAMES:
-            raise ValueError(f"aegan: unknown score {score!r}; known: {', '.join(SCORE_NAMES)}")
         self.n_mels, self.patch_frames, self.patch_hop = n_mels, patch_frames, patch_hop
         self.patches_per_clip = patches_per_clip
         self.feature_match_mu, self.feature_match_sigma = feature_match_mu, feature_match_sigma
         self.gp_weight, self.n_critic = gradient_penalty, n_critic
         self.score = score
         self.lof_neighbors, self.knn_neighbors = lof_neighbors, knn_neighbors
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
+        super().__init__(training)
         self.network = nn.ModuleDict(
             {
                 "generator": Generator(n_mels, patch_frames, nz, ndf, ngf),
@@ -354,16 +341,29 @@ class AEGAN(TrainedDetector):
         self.network.to(self.device)
         self.train_embeddings: Tensor | None = None  # [N, C] float32, CPU
         self._critic_steps = 0
-        self._lof = None
-        self._knn = None
+        self._lof: LocalOutlierFactor | None = None
+        self._knn: NearestNeighbors | None = None
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], input_size: tuple[int, int]) -> None:
+        n_mels, patch_frames = arguments["n_mels"], arguments["patch_frames"]
+        stage_count(n_mels, patch_frames)
+        mels, frames = input_size
+        if n_mels != mels:
+            raise ValueError(f"n_mels: {n_mels} differs from the dataset's audio.n_mels {mels}")
+        if patch_frames > frames:
+            raise ValueError(
+                f"patch_frames: {patch_frames} is longer than the clips' {frames} frames "
+                "(dataset.audio.frames)"
+            )
 
     @property
     def generator(self) -> Generator:
-        return self.network["generator"]
+        return cast(Generator, self.network["generator"])  # a ModuleDict's items are Modules
 
     @property
     def discriminator(self) -> Discriminator:
-        return self.network["discriminator"]
+        return cast(Discriminator, self.network["discriminator"])
 
     @property
     def is_fitted(self) -> bool:
@@ -401,6 +401,7 @@ class AEGAN(TrainedDetector):
 
     def _random_patches(self, spec: Tensor) -> Tensor:
         """``patches_per_clip`` windows at random offsets per clip: [B * K, 1, H, W]."""
+        assert self.patches_per_clip is not None  # only called with patches_per_clip set
         high = spec.shape[2] - self.patch_frames + 1
         offsets = torch.randint(0, high, (spec.shape[0], self.patches_per_clip))
         patches = self._cut(spec, offsets.to(self.device))  # [B, K, H, W]
@@ -486,7 +487,7 @@ class AEGAN(TrainedDetector):
             windows = Windows(train, self.patch_frames, self.patch_hop)
             held_out = (
                 None
-                if val is None or len(val) == 0
+                if val is None or dataset_length(val) == 0
                 else Windows(val, self.patch_frames, self.patch_hop)
             )
             super().fit(windows, held_out)
@@ -544,6 +545,7 @@ class AEGAN(TrainedDetector):
         exactly as the saved one."""
         from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 
+        assert self.train_embeddings is not None  # fitted or loaded
         bank = self.train_embeddings.double().numpy()
         self._knn = NearestNeighbors(
             n_neighbors=min(self.knn_neighbors, len(bank)), metric="cosine"
@@ -566,6 +568,7 @@ class AEGAN(TrainedDetector):
                 raise ValueError("aegan: D-LOF needs at least 2 training clips")
             values = -self._lof.score_samples(queries)
         else:
+            assert self._knn is not None  # fitted with ``train_embeddings``
             values = self._knn.kneighbors(queries)[0].sum(axis=1)
         return torch.from_numpy(np.asarray(values, dtype=np.float32))
 

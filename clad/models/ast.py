@@ -69,33 +69,30 @@ Where ours differs from the paper and its official code:
   training block, validation-loss early stopping on held-out normal images in each phase; the
   official configuration trains each network 72 epochs at lr 2e-4, batch 8, and selects
   nothing). The teacher's epochs are ``teacher_epochs`` (default: the training block's
-  ``epochs``). The CPU configurations (``configurations/ast_*.json``) use lr 1e-3 (a few dozen
-  images per task give a few steps per epoch), 30 epochs and a student 128 channels wide, so
-  that a run takes minutes on a CPU.
+  ``epochs``). The CPU configurations (``configurations/synthetic/ast_*.json``) use lr 1e-3
+  (a few dozen images per task give a few steps per epoch), 30 epochs and a student 128
+  channels wide, so that a run takes minutes on a CPU.
 - Student width: the official 1024 channels is the default here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
-from typing import Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-import FrEIA.framework as ff
-import FrEIA.modules as fm
-import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
-from clad.models.base import TrainedDetector
-from clad.models.components.backbone import LAYERS, FeatureExtractor
-from clad.models.components.flows import run_flow
-from clad.models.components.precision import Precision
+from clad.models.base import TrainedDetector, Training
+from clad.models.components.arguments import check_weights
+from clad.models.components.backbone import LAYERS, FeatureExtractor, check_layers
+from clad.models.components.flows import conditional_flow, run_flow
 from clad.models.components.ssim import gaussian_smooth
-from clad.records import Scores
+from clad.records import Scores, dataset_length
 from clad.registry import register_detector
 
 InputMode = Literal["rgb", "depth", "rgb+depth"]
@@ -119,113 +116,6 @@ def positional_encoding(channels: int, height: int, width: int) -> Tensor:
             rows.cos()[:, :, None].expand(quarter, height, width),
         ]
     )  # [channels, h, w]
-
-
-def soft_clamp(log_scale: Tensor, clamp: float) -> Tensor:
-    """``clamp * 0.636 * atan(s / clamp)``: about ``s`` near 0, within +-clamp everywhere."""
-    return clamp * 0.636 * torch.atan(log_scale / clamp)
-
-
-class CouplingSubnet(nn.Module):
-    """conv(k) -> ReLU -> conv(k), replicate padding, output times a scalar that starts at 0."""
-
-    def __init__(self, channels_in: int, channels_out: int, hidden: int, kernel_size: int) -> None:
-        super().__init__()
-        pad = kernel_size // 2
-        self.layers = nn.Sequential(
-            nn.Conv2d(channels_in, hidden, kernel_size, padding=pad, padding_mode="replicate"),
-            nn.ReLU(),
-            nn.Conv2d(hidden, channels_out, kernel_size, padding=pad, padding_mode="replicate"),
-        )
-        self.gain = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x) * self.gain
-
-
-class ConditionalAffineCoupling(fm.InvertibleModule):
-    """Affine coupling of both channel halves, conditioned on a map, with a per-position
-    log-determinant (so that it can be masked).
-
-    Forward with ``x = [x1, x2]`` and condition ``c``:
-    ``y1 = x1 * exp(s1) + t1`` with ``(s1, t1) = net1([x2, c])``, then
-    ``y2 = x2 * exp(s2) + t2`` with ``(s2, t2) = net2([y1, c])``; the log-scales are soft-clamped
-    and ``log|det|`` [B, h, w] is the sum of both over channels.
-    """
-
-    def __init__(
-        self,
-        dims_in: list[tuple[int, ...]],
-        dims_c: list[tuple[int, ...]] | None = None,
-        hidden: int = 64,
-        kernel_size: int = 3,
-        clamp: float = 1.9,
-    ) -> None:
-        super().__init__(dims_in, dims_c)
-        channels = dims_in[0][0]
-        condition = sum(d[0] for d in dims_c) if dims_c else 0
-        self.split = channels // 2
-        self.rest = channels - self.split
-        self.clamp = clamp
-        self.net1 = CouplingSubnet(self.rest + condition, 2 * self.split, hidden, kernel_size)
-        self.net2 = CouplingSubnet(self.split + condition, 2 * self.rest, hidden, kernel_size)
-
-    def _affine(self, net: nn.Module, source: Tensor, c: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        params = net(torch.cat([source, *c], dim=1))  # [B, 2 n, h, w]
-        log_scale, shift = params.chunk(2, dim=1)  # [B, n, h, w] each
-        return soft_clamp(log_scale, self.clamp), shift
-
-    def forward(
-        self, x: Sequence[Tensor], c: Sequence[Tensor] = (), rev: bool = False, jac: bool = True
-    ) -> tuple[tuple[Tensor], Tensor]:
-        first, second = x[0][:, : self.split], x[0][:, self.split :]
-        if not rev:
-            s1, t1 = self._affine(self.net1, second, c)
-            first = first * s1.exp() + t1
-            s2, t2 = self._affine(self.net2, first, c)
-            second = second * s2.exp() + t2
-            log_det = s1.sum(dim=1) + s2.sum(dim=1)  # [B, h, w]
-        else:
-            s2, t2 = self._affine(self.net2, first, c)
-            second = (second - t2) * (-s2).exp()
-            s1, t1 = self._affine(self.net1, second, c)
-            first = (first - t1) * (-s1).exp()
-            log_det = -(s1.sum(dim=1) + s2.sum(dim=1))
-        return (torch.cat([first, second], dim=1),), log_det
-
-    def output_dims(self, input_dims: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
-        return input_dims
-
-
-@contextlib.contextmanager
-def _numpy_state_kept() -> Iterator[None]:
-    """FrEIA's ``PermuteRandom(seed=k)`` reseeds NumPy's global RNG; restore it afterwards."""
-    saved = np.random.get_state()
-    try:
-        yield
-    finally:
-        np.random.set_state(saved)
-
-
-def conditional_flow(
-    channels: int, condition_channels: int, kernel_sizes: Sequence[int], hidden: int, clamp: float
-) -> ff.SequenceINN:
-    """One (fixed permutation, coupling) pair per entry of ``kernel_sizes``; block ``k``'s
-    permutation is drawn with seed ``k``, as in the official code. Declared on [C, 1, 1]: the
-    blocks work at any h and w."""
-    flow = ff.SequenceINN(channels, 1, 1)
-    with _numpy_state_kept():
-        for k, kernel in enumerate(kernel_sizes):
-            flow.append(fm.PermuteRandom, seed=k)
-            flow.append(
-                ConditionalAffineCoupling,
-                cond=0,
-                cond_shape=(condition_channels, 1, 1),
-                hidden=hidden,
-                kernel_size=kernel,
-                clamp=clamp,
-            )
-    return flow
 
 
 class ResidualBlock(nn.Module):
@@ -289,16 +179,6 @@ class ASTNetwork(nn.Module):
         depth_gain: float,
     ) -> None:
         super().__init__()
-        if backbone not in LAYERS:
-            raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(LAYERS)}")
-        unknown = [layer for layer in layers if layer not in LAYERS[backbone]]
-        if unknown or not layers:
-            known = ", ".join(LAYERS[backbone])
-            raise ValueError(
-                f"backbone {backbone}: unknown layers {unknown or '(none)'}; known: {known}"
-            )
-        if not kernel_sizes:
-            raise ValueError("kernel_sizes: the teacher needs at least one coupling block")
         self.input_mode = input_mode
         self.uses_rgb = input_mode in ("rgb", "rgb+depth")
         self.uses_depth = input_mode in ("depth", "rgb+depth")
@@ -335,6 +215,7 @@ class ASTNetwork(nn.Module):
         grid = self.grid(*x.shape[-2:])
         parts = []
         if self.uses_rgb:
+            assert self.extractor is not None  # built whenever the RGB image is used
             feats = (self.extractor.reused if reuse else self.extractor)(x[:, :3])
             parts += [
                 F.interpolate(f.float(), size=grid, mode="bilinear", align_corners=False)
@@ -409,10 +290,13 @@ class AST(TrainedDetector):
         pre_extract: compute the network inputs of the training and validation sets once per
             ``fit`` instead of in every epoch.
         weight_decay: Adam weight decay (both networks).
-        teacher_epochs: epochs of the teacher phase (None: ``epochs``).
+        teacher_epochs: epochs of the teacher phase (None: ``training.epochs``).
+        training: ``Training``; by default the official 72 epochs at lr 2e-4, batch 8, early
+            stopping after 5 epochs, float32 (flows: log-determinants and exponentials).
     """
 
-    default_precision = "fp32"  # flows: log-determinants and exponentials in float32
+    network: ASTNetwork
+    training_defaults = Training(epochs=72, batch_size=8, lr=2e-4, patience=5, precision="fp32")
 
     def __init__(
         self,
@@ -420,33 +304,22 @@ class AST(TrainedDetector):
         backbone: str = "efficientnet_lite0",
         layers: tuple[str, ...] = ("blocks.2", "blocks.4"),
         weights: str = "imagenet",
-        kernel_sizes: tuple[int, ...] = (3, 3, 3, 5),
-        teacher_hidden: int = 64,
-        clamp: float = 1.9,
-        pos_enc_dim: int = 32,
-        student_hidden: int = 1024,
-        student_blocks: int = 4,
-        depth_downscale: int = 8,
-        depth_gain: float = 5.0,
-        smoothing_sigma: float = 4.0,
+        kernel_sizes: Annotated[tuple[PositiveInt, ...], Field(min_length=1)] = (3, 3, 3, 5),
+        teacher_hidden: PositiveInt = 64,
+        clamp: PositiveFloat = 1.9,
+        pos_enc_dim: Annotated[int, Field(ge=4, multiple_of=4)] = 32,
+        student_hidden: PositiveInt = 1024,
+        student_blocks: NonNegativeInt = 4,
+        depth_downscale: PositiveInt = 8,
+        depth_gain: PositiveFloat = 5.0,
+        smoothing_sigma: NonNegativeFloat = 4.0,
         image_score: Literal["max", "mean"] = "max",
         pre_extract: bool = True,
-        weight_decay: float = 1e-5,
-        teacher_epochs: int | None = None,
-        epochs: int = 72,
-        batch_size: int = 8,
-        lr: float = 2e-4,
-        patience: int = 5,
-        device: str = "auto",
-        num_workers: int = 0,
-        precision: Precision | None = None,
+        weight_decay: NonNegativeFloat = 1e-5,
+        teacher_epochs: NonNegativeInt | None = None,
+        training: Training | None = None,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
-        if input_mode not in INPUT_CHANNELS:
-            known = list(INPUT_CHANNELS)
-            raise ValueError(f"input_mode must be one of {known}, got {input_mode!r}")
-        if teacher_epochs is not None and teacher_epochs < 0:
-            raise ValueError(f"teacher_epochs must be >= 0, got {teacher_epochs}")
+        super().__init__(training)
         self.input_mode = input_mode
         self.network = (
             ASTNetwork(
@@ -470,8 +343,14 @@ class AST(TrainedDetector):
         self.image_score = image_score
         self.pre_extract = pre_extract
         self.weight_decay = weight_decay
-        self.teacher_epochs = epochs if teacher_epochs is None else teacher_epochs
+        self.teacher_epochs = self.epochs if teacher_epochs is None else teacher_epochs
         self.phase: Literal["teacher", "student"] = "teacher"
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], input_size: tuple[int, int]) -> None:
+        if arguments["input_mode"] != "depth":
+            check_weights(arguments["weights"])
+        check_layers(arguments["backbone"], arguments["layers"])
 
     def _check(self, x: Tensor) -> None:
         expected = INPUT_CHANNELS[self.input_mode]
@@ -498,12 +377,13 @@ class AST(TrainedDetector):
     def fit(self, train: Dataset, val: Dataset | None = None) -> None:
         """Teacher phase (``teacher_epochs``), then student phase (``epochs``), each with the
         shared loop; with ``pre_extract`` both run on inputs encoded once."""
-        if len(train) == 0:
+        if dataset_length(train) == 0:
             raise ValueError("AST.fit: the training set is empty")
         self.network.to(self.device)
         if self.pre_extract:
             train = self._encoded(train)
-            val = self._encoded(val) if val is not None and len(val) > 0 else None
+            val = self._encoded(val) if val is not None and dataset_length(val) > 0 else None
+        phase: Literal["teacher", "student"]
         try:
             for phase, epochs in (("teacher", self.teacher_epochs), ("student", self.epochs)):
                 if epochs == 0:

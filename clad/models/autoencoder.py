@@ -9,13 +9,15 @@ results for this family are about 0.54 image AUROC on MVTec AD (0.96 on hazelnut
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field, NonNegativeFloat, PositiveInt
 from torch import Tensor, nn
 
-from clad.models.base import TrainedDetector
-from clad.models.components.precision import Precision
+from clad.models.base import TrainedDetector, Training
+from clad.models.components.arguments import check_side
 from clad.models.components.ssim import gaussian_smooth, ssim_distance_map, top_fraction_mean
 from clad.records import Scores
 from clad.registry import register_detector
@@ -104,7 +106,14 @@ class UNetAutoencoder(nn.Module):
 
 
 class ReconstructionDetector(TrainedDetector):
-    """Shared scoring of the autoencoders: L1 or 1-SSIM maps, smoothed; mean or top-1% score."""
+    """Shared scoring of the autoencoders: L1 or 1-SSIM maps, smoothed; mean or top-1% score.
+    Training: 20 epochs of Adam at lr 1e-3, batch 16, early stopping after 5 epochs."""
+
+    training_defaults = Training(epochs=20, batch_size=16, lr=1e-3, patience=5)
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], input_size: tuple[int, int]) -> None:
+        check_side(input_size, 16)  # four stride-2 stages
 
     def __init__(
         self,
@@ -112,29 +121,22 @@ class ReconstructionDetector(TrainedDetector):
         anomaly_map: Literal["l1", "ssim"],
         image_score: Literal["mean", "top1"],
         smoothing_sigma: float,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        patience: int,
-        device: str,
-        num_workers: int,
-        precision: Precision | None,
+        training: Training | None,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
+        super().__init__(training)
         self.network = network.to(self.device)
         self.anomaly_map = anomaly_map
         self.image_score = image_score
         self.smoothing_sigma = smoothing_sigma
 
-    @staticmethod
-    def _check_size(x: Tensor) -> None:
+    def _check_size(self, x: Tensor) -> None:
         if x.shape[-1] % 16 or x.shape[-2] % 16:
             raise ValueError(
                 f"autoencoders need image sides divisible by 16, got {tuple(x.shape[-2:])}; "
                 "set dataset.image_size (or crop_size) to a multiple of 16"
             )
 
-    def loss(self, images: Tensor) -> Tensor:
+    def loss(self, images: Tensor) -> Tensor | Mapping[str, Tensor]:
         self._check_size(images)
         return (self.network(images) - images).abs().mean()
 
@@ -167,30 +169,14 @@ class ConvAE(ReconstructionDetector):
 
     def __init__(
         self,
-        latent_channels: int = 72,
+        latent_channels: PositiveInt = 72,
         anomaly_map: Literal["l1", "ssim"] = "l1",
         image_score: Literal["mean", "top1"] = "top1",
-        smoothing_sigma: float = 4.0,
-        epochs: int = 20,
-        batch_size: int = 16,
-        lr: float = 1e-3,
-        patience: int = 5,
-        device: str = "auto",
-        num_workers: int = 0,
-        precision: Precision | None = None,
+        smoothing_sigma: NonNegativeFloat = 4.0,
+        training: Training | None = None,
     ) -> None:
         super().__init__(
-            ConvAutoencoder(latent_channels),
-            anomaly_map,
-            image_score,
-            smoothing_sigma,
-            epochs,
-            batch_size,
-            lr,
-            patience,
-            device,
-            num_workers,
-            precision,
+            ConvAutoencoder(latent_channels), anomaly_map, image_score, smoothing_sigma, training
         )
 
 
@@ -200,29 +186,17 @@ class UNetAE(ReconstructionDetector):
 
     def __init__(
         self,
-        latent_channels: int = 72,
-        skip_levels: int = 2,
+        latent_channels: PositiveInt = 72,
+        skip_levels: Annotated[int, Field(ge=0, le=3)] = 2,
         anomaly_map: Literal["l1", "ssim"] = "l1",
         image_score: Literal["mean", "top1"] = "top1",
-        smoothing_sigma: float = 4.0,
-        epochs: int = 20,
-        batch_size: int = 16,
-        lr: float = 1e-3,
-        patience: int = 5,
-        device: str = "auto",
-        num_workers: int = 0,
-        precision: Precision | None = None,
+        smoothing_sigma: NonNegativeFloat = 4.0,
+        training: Training | None = None,
     ) -> None:
         super().__init__(
             UNetAutoencoder(latent_channels, skip_levels),
             anomaly_map,
             image_score,
             smoothing_sigma,
-            epochs,
-            batch_size,
-            lr,
-            patience,
-            device,
-            num_workers,
-            precision,
+            training,
         )

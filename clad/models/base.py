@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -16,9 +18,9 @@ from tqdm.auto import tqdm
 
 from clad.errors import TrainingError
 from clad.models.components.backbone import FeatureExtractor
-from clad.models.components.precision import PRECISIONS, Precision, Scalers, autocast
+from clad.models.components.precision import Precision, Scalers, autocast
 from clad.profiling import timed
-from clad.records import Scores
+from clad.records import Scores, dataset_length
 
 Regularizer = Callable[[Tensor], Tensor]
 """A term added to a trained detector's training loss: batch images [B, C, H, W] -> scalar."""
@@ -28,6 +30,65 @@ COST_KINDS = ("trainable", "pretrained", "memory")
 saved with its state), ``pretrained`` (frozen pretrained weights, loaded from their source and
 not saved; a random-init backbone is saved, since nothing could reload it) and ``memory``
 (stored data: banks, Gaussians, centroids, embeddings)."""
+
+
+@dataclass(frozen=True)
+class Training:
+    """The training settings a detector is handed: one value, stated once per detector class
+    (``Detector.training_defaults``, the paper's) and overridden by the run's ``training`` block.
+
+    Attributes:
+        epochs: passes over the training images (trained detectors).
+        batch_size: images per batch, for training and for feature extraction.
+        lr: the learning rate (trained detectors).
+        patience: epochs without a lower validation loss before training stops; 0 trains every
+            epoch (trained detectors).
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:<i>"``.
+        num_workers: data-loader worker processes.
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast on CUDA
+            (``clad.models.components.precision``; float32 on the CPU whatever the setting).
+    """
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    patience: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    precision: Precision = "bf16"
+
+
+def training_for(
+    detector: type[Detector],
+    *,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    patience: int | None = None,
+    device: str | None = None,
+    num_workers: int | None = None,
+    precision: Precision | None = None,
+) -> Training:
+    """``detector``'s own ``training_defaults`` with the fields given here replaced: the
+    ``training`` argument of a detector built in Python, e.g.
+    ``STFPM(training=training_for(STFPM, epochs=5, device="cpu"))``."""
+    given: dict[str, Any] = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "patience": patience,
+        "device": device,
+        "num_workers": num_workers,
+        "precision": precision,
+    }
+    changes = {key: value for key, value in given.items() if value is not None}
+    return dataclasses.replace(detector.training_defaults, **changes)
+
+
+TRAINING_KEYS = tuple(field.name for field in dataclasses.fields(Training))
+"""Every field of ``Training``, in order."""
+LOADER_KEYS = ("batch_size", "device", "num_workers")
+"""The ``Training`` fields a detector that trains nothing uses (it only reads images)."""
 
 
 def tensor_bytes(state: object) -> int:
@@ -57,6 +118,25 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def check_device(device: str) -> None:
+    """Fail with a ``ValueError`` naming ``training.device`` when this machine lacks it
+    (``auto`` always works: CUDA when present, else the CPU)."""
+    if device in ("auto", "cpu"):
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"training.device: {device!r}, but this machine has no CUDA device (torch "
+            f"{torch.__version__}); use auto or cpu"
+        )
+    index = int(device.split(":")[1]) if ":" in device else 0
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ValueError(
+            f"training.device: {device!r}, but this machine has {count} CUDA device(s) "
+            f"(cuda:0 to cuda:{count - 1})"
+        )
+
+
 def seeded_generator() -> torch.Generator:
     """A generator seeded from the global torch RNG, so loaders follow the run's seed."""
     return torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
@@ -82,6 +162,20 @@ class Detector(ABC):
     """
 
     name: ClassVar[str]
+    training_keys: ClassVar[tuple[str, ...]] = ()
+    """The ``Training`` fields this detector uses; a run that sets another is refused at load."""
+    training_defaults: ClassVar[Training] = Training()
+    """The detector's own training settings (its paper's), for the fields a run leaves out."""
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], input_size: tuple[int, int]) -> None:
+        """Checks of the constructor's arguments that their types and ranges cannot state: one
+        argument against another, files that must exist, and the inputs' [H, W]
+        (``input_size``: the images' side after resizing and cropping, or the log-mel
+        spectrogram's mels x frames) against what the network can take. Raise ``ValueError``
+        naming the argument or the dataset setting. Run once, when a configuration is loaded,
+        before any data is read. By default there is nothing to check."""
+        return None
 
     @abstractmethod
     def fit(self, train: Dataset, val: Dataset | None = None) -> None:
@@ -125,9 +219,10 @@ class TrainedDetector(Detector):
     training stops after ``patience`` epochs without improvement (``patience = 0`` disables early
     stopping). Without ``val`` the last epoch's weights are kept.
 
-    Precision: ``precision`` (``clad.models.components.precision``): fp32, bf16 or fp16 autocast
-    on CUDA (fp16 with one gradient scaler per optimiser); None is the class's
-    ``default_precision``; on CPU everything is float32. Batches come from pinned memory on CUDA.
+    Settings: one ``Training`` value (``training``; the class's ``training_defaults`` when
+    None), read through ``epochs``, ``batch_size``, ``lr``, ``patience``, ``num_workers`` and
+    ``precision``: fp32, bf16 or fp16 autocast on CUDA (fp16 with one gradient scaler per
+    optimiser); on CPU everything is float32. Batches come from pinned memory on CUDA.
 
     One hook is required:
         ``loss(images)``: the objective on a batch of normal images, a scalar tensor or a dict of
@@ -159,32 +254,40 @@ class TrainedDetector(Detector):
 
     network: nn.Module
     val_seed: int = 0  # seed of ``noise()`` during validation passes
-    default_precision: ClassVar[Precision] = "bf16"
     supports_regularizer: ClassVar[bool] = True
+    training_keys = TRAINING_KEYS
 
-    def __init__(
-        self,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        patience: int,
-        device: str,
-        num_workers: int = 0,
-        precision: Precision | None = None,
-    ) -> None:
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.patience = patience
-        self.device = resolve_device(device)
-        self.num_workers = num_workers
-        if precision is not None and precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        self.precision: Precision = precision or self.default_precision
+    def __init__(self, training: Training | None = None) -> None:
+        self.training = training or type(self).training_defaults
+        self.device = resolve_device(self.training.device)
         self.scalers = Scalers(self.device, self.precision)
         self.history: list[dict[str, float]] = []
         self._validation_noise: torch.Generator | None = None
         self.regularizer: Regularizer | None = None
+
+    @property
+    def epochs(self) -> int:
+        return self.training.epochs
+
+    @property
+    def batch_size(self) -> int:
+        return self.training.batch_size
+
+    @property
+    def lr(self) -> float:
+        return self.training.lr
+
+    @property
+    def patience(self) -> int:
+        return self.training.patience
+
+    @property
+    def num_workers(self) -> int:
+        return self.training.num_workers
+
+    @property
+    def precision(self) -> Precision:
+        return self.training.precision
 
     @abstractmethod
     def loss(self, images: Tensor) -> Tensor | Mapping[str, Tensor]:
@@ -334,7 +437,7 @@ class TrainedDetector(Detector):
         return total / max(count, 1)
 
     def fit(self, train: Dataset, val: Dataset | None = None) -> None:
-        if len(train) == 0:
+        if dataset_length(train) == 0:
             raise ValueError(f"{type(self).__name__}.fit: the training set is empty")
         self.train_epochs(train, val, self.epochs)
 
@@ -362,7 +465,7 @@ class TrainedDetector(Detector):
             if scheduler is not None:
                 scheduler.step()
             record = {"epoch": epoch, **{f"train_{k}": v / seen[k] for k, v in sums.items()}}
-            if val is not None and len(val) > 0:
+            if val is not None and dataset_length(val) > 0:
                 val_loss = self.mean_loss(val)
                 record["val_loss"] = val_loss
                 if val_loss < best_loss:

@@ -51,19 +51,21 @@ Where ours differs from (simplifies) the paper and its code:
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from clad.models.base import TrainedDetector, tensor_bytes
-from clad.models.components.backbone import FeatureExtractor, pyramid_layers
+from clad.models.base import TrainedDetector, Training, tensor_bytes
+from clad.models.components.arguments import check_weights
+from clad.models.components.backbone import FeatureExtractor, check_layers, pyramid_layers
 from clad.models.components.coreset import greedy_coreset
-from clad.models.components.precision import Precision
 from clad.models.components.ssim import gaussian_smooth
-from clad.records import Scores
+from clad.records import Scores, dataset_length
 from clad.registry import register_detector
 
 MAX_INIT_FEATURES = 65_536  # descriptors sampled for memory initialisation
@@ -164,38 +166,32 @@ class CFA(TrainedDetector):
         memory_init: ``"position_mean"`` (the paper's code: the mean descriptor at each
             position; h x w centroids, ``memory_size`` and ``kmeans_iters`` unused) or
             ``"coreset"`` (``memory_size`` centroids from all descriptors).
+        training: ``Training``; by default 20 epochs of AdamW at lr 1e-3, batch 16, early
+            stopping after 5 epochs.
     """
+
+    network: CFANetwork
+    training_defaults = Training(epochs=20, batch_size=16, lr=1e-3, patience=5)
 
     def __init__(
         self,
         backbone: str = "efficientnet_lite0",
         layers: tuple[str, ...] | None = None,
         weights: str = "imagenet",
-        gamma_d: int = 1,
-        memory_size: int = 1024,
-        kmeans_iters: int = 3,
-        k_nearest: int = 3,
-        j_negatives: int = 3,
-        nu: float = 1e-3,
-        alpha: float = 0.1,
-        smoothing_sigma: float = 4.0,
-        weight_decay: float = 5e-4,
+        gamma_d: PositiveInt = 1,
+        memory_size: PositiveInt = 1024,
+        kmeans_iters: NonNegativeInt = 3,
+        k_nearest: PositiveInt = 3,
+        j_negatives: NonNegativeInt = 3,
+        nu: PositiveFloat = 1e-3,
+        alpha: NonNegativeFloat = 0.1,
+        smoothing_sigma: NonNegativeFloat = 4.0,
+        weight_decay: NonNegativeFloat = 5e-4,
         score_distance: Literal["euclidean", "squared"] = "euclidean",
         memory_init: Literal["coreset", "position_mean"] = "position_mean",
-        epochs: int = 20,
-        batch_size: int = 16,
-        lr: float = 1e-3,
-        patience: int = 5,
-        device: str = "auto",
-        num_workers: int = 0,
-        precision: Precision | None = None,
+        training: Training | None = None,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
-        if gamma_d < 1 or memory_size < k_nearest + j_negatives:
-            raise ValueError(
-                f"need gamma_d >= 1 and memory_size >= k_nearest + j_negatives, got gamma_d="
-                f"{gamma_d}, memory_size={memory_size}, K+J={k_nearest + j_negatives}"
-            )
+        super().__init__(training)
         self.network = (
             CFANetwork(backbone, pyramid_layers(backbone, layers), weights, gamma_d)
             .to(self.device)
@@ -209,17 +205,20 @@ class CFA(TrainedDetector):
         self.alpha = alpha
         self.smoothing_sigma = smoothing_sigma
         self.weight_decay = weight_decay
-        if score_distance not in ("euclidean", "squared"):
-            raise ValueError(
-                f"cfa: score_distance must be euclidean or squared, got {score_distance!r}"
-            )
-        if memory_init not in ("coreset", "position_mean"):
-            raise ValueError(
-                f"cfa: memory_init must be coreset or position_mean, got {memory_init!r}"
-            )
         self.score_distance = score_distance
         self.memory_init = memory_init
         self.memory: Tensor | None = None  # [M, D'] centroids, fixed during training
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], input_size: tuple[int, int]) -> None:
+        check_weights(arguments["weights"])
+        check_layers(arguments["backbone"], arguments["layers"])
+        needed = arguments["k_nearest"] + arguments["j_negatives"]
+        if arguments["memory_size"] < needed:
+            raise ValueError(
+                f"memory_size: {arguments['memory_size']} centroids cannot give k_nearest + "
+                f"j_negatives = {needed}"
+            )
 
     @property
     def is_fitted(self) -> bool:
@@ -267,10 +266,11 @@ class CFA(TrainedDetector):
             phi = self.network(images.to(self.device)).float()  # [B, h, w, D']
             total = phi.sum(dim=0) if total is None else total + phi.sum(dim=0)
             count += len(phi)
+        assert total is not None  # training sets are never empty (``fit`` refuses them)
         return (total / count).flatten(0, 1)  # [h * w, D']
 
     def fit(self, train: Dataset, val: Dataset | None = None) -> None:
-        if len(train) == 0:
+        if dataset_length(train) == 0:
             raise ValueError("CFA.fit: the training set is empty")
         self.network.to(self.device)
         self.memory = self.build_memory(train)

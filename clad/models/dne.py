@@ -42,17 +42,19 @@ What differs from the paper and its official code (github.com/vijaylee/Continual
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import ClassVar, Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.covariance import LedoitWolf, ShrunkCovariance
+from pydantic import Field
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from clad.models.components.backbone import LAYERS, FeatureExtractor
+from clad.models.base import Training
+from clad.models.components.arguments import check_weights
+from clad.models.components.backbone import LAYERS, FeatureExtractor, check_layers
 from clad.models.memory_bank import Memory, MemoryBankDetector
 from clad.profiling import timed
 from clad.records import Scores
@@ -78,32 +80,31 @@ class Dne(MemoryBankDetector):
             (``head`` for efficientnet-lite0, ``layer4`` for the ResNets).
         shrinkage: covariance shrinkage towards a scaled identity; None = the Ledoit-Wolf
             estimate (the official code's choice), a number in [0, 1] fixes it.
-        batch_size, device, num_workers: feature-extraction batches.
+        training: feature-extraction batches, device and loader workers (``Training``).
     """
 
-    cl_variant: ClassVar[str] = "per_task"  # the ``cl`` strategy's default variant for DNE
+    # the ``cl`` strategy's default variant for DNE
+    cl_variant: ClassVar[Literal["single_bank", "per_task"]] = "per_task"
 
     def __init__(
         self,
         backbone: Backbone = "efficientnet_lite0",
         weights: str = "imagenet",
         layer: str | None = None,
-        shrinkage: float | None = None,
-        batch_size: int = 32,
-        device: str = "auto",
-        num_workers: int = 0,
+        shrinkage: Annotated[float, Field(ge=0, le=1)] | None = None,
+        training: Training | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device, num_workers=num_workers)
-        if backbone not in EMBEDDING_LAYER:
-            raise ValueError(
-                f"dne.backbone: unknown {backbone!r}; known: {', '.join(EMBEDDING_LAYER)}"
-            )
-        if shrinkage is not None and not 0.0 <= shrinkage <= 1.0:
-            raise ValueError(f"dne.shrinkage must be null or in [0, 1], got {shrinkage}")
+        super().__init__(training)
         self.layer = layer or EMBEDDING_LAYER[backbone]
         self.extractor = FeatureExtractor(backbone, [self.layer], weights).to(self.device)
         self.dim = LAYERS[backbone][self.layer][0]
         self.shrinkage = shrinkage
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], input_size: tuple[int, int]) -> None:
+        check_weights(arguments["weights"])
+        layer = arguments["layer"]
+        check_layers(arguments["backbone"], None if layer is None else [layer])
 
     def embed(self, x: Tensor, reuse: bool = True) -> Tensor:
         """L2-normalised pooled embeddings of a batch: [B, D]."""
@@ -113,6 +114,8 @@ class Dne(MemoryBankDetector):
 
     def fit_gaussian(self, embeddings: Tensor) -> Memory:
         """The memory of one set of embeddings [N, D]: mean, shrunk covariance, count."""
+        from sklearn.covariance import LedoitWolf, ShrunkCovariance
+
         data = embeddings.double().cpu().numpy()
         if len(data) < 2:
             raise ValueError(f"dne: a Gaussian needs at least 2 training images, got {len(data)}")
@@ -145,7 +148,7 @@ class Dne(MemoryBankDetector):
         return memory["mean"].float(), precision.float()
 
     def score(
-        self, embedding: Tensor, prepared: tuple[Tensor, Tensor], size: tuple[int, int]
+        self, embedding: Tensor, prepared: tuple[Tensor, Tensor], size: Sequence[int]
     ) -> tuple[Scores, Tensor]:
         mean, precision = prepared
         delta = embedding - mean  # [B, D]

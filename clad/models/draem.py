@@ -46,23 +46,32 @@ Where ours differs from the paper:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from pydantic import PositiveInt
 from torch import Tensor
 
-from clad.models.base import TrainedDetector
+from clad.models.base import TrainedDetector, Training
 from clad.models.components.anomaly_sources import texture_source
+from clad.models.components.arguments import (
+    Fraction,
+    OddWindow,
+    Probability,
+    check_folder,
+    check_side,
+)
 from clad.models.components.draem import (
     SIDE_MULTIPLE,
     DraemNetwork,
-    check_score_window,
     focal_loss,
     ssim_loss,
     step_schedule,
     synthesize_anomalies,
     window_max,
 )
-from clad.models.components.precision import Precision
 from clad.records import Scores
 from clad.registry import register_detector
 
@@ -81,37 +90,35 @@ class DRAEM(TrainedDetector):
         score_window: side of the mean filter before the image score's max (paper: 21 at 256 px).
         val_seed: seed of the fixed synthetic anomalies on the validation images.
         milestones: fractions of ``epochs`` at which the learning rate is multiplied by 0.2.
-        precision: fp32, bf16 or fp16 on CUDA (``clad.models.components.precision``); None:
-            ``default_precision``. Ignored on CPU.
+        training: ``Training``; by default 20 epochs of Adam at lr 1e-4, batch 8, early
+            stopping after 5 epochs.
     """
+
+    training_defaults = Training(epochs=20, batch_size=8, lr=1e-4, patience=5)
 
     def __init__(
         self,
-        recon_width: int = 32,
-        disc_width: int = 16,
+        recon_width: PositiveInt = 32,
+        disc_width: PositiveInt = 16,
         anomaly_source_path: str | None = None,
-        anomaly_probability: float = 0.5,
-        score_window: int = 21,
+        anomaly_probability: Probability = 0.5,
+        score_window: OddWindow = 21,
         val_seed: int = 0,
-        milestones: tuple[float, ...] = (0.8, 0.9),
-        epochs: int = 20,
-        batch_size: int = 8,
-        lr: float = 1e-4,
-        patience: int = 5,
-        device: str = "auto",
-        num_workers: int = 0,
-        precision: Precision | None = None,
+        milestones: tuple[Fraction, ...] = (0.8, 0.9),
+        training: Training | None = None,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
-        check_score_window(score_window, "draem")
-        if not 0.0 <= anomaly_probability <= 1.0:
-            raise ValueError(f"anomaly_probability must be in [0, 1], got {anomaly_probability}")
+        super().__init__(training)
         self.network = DraemNetwork(recon_width, disc_width).to(self.device)
         self.source = texture_source(anomaly_source_path or None)
         self.anomaly_probability = anomaly_probability
         self.score_window = score_window
         self.val_seed = val_seed
         self.milestones = milestones
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], input_size: tuple[int, int]) -> None:
+        check_folder(arguments["anomaly_source_path"], "anomaly_source_path")
+        check_side(input_size, SIDE_MULTIPLE)
 
     @staticmethod
     def _check_size(x: Tensor) -> None:

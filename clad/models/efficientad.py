@@ -72,159 +72,40 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.functional as TF
-from torch import Tensor, nn
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from clad.models.base import TrainedDetector, seeded_generator
+from clad.models.base import TrainedDetector, Training, seeded_generator
 from clad.models.components.anomaly_sources import PenaltyImages, find_images
+from clad.models.components.arguments import check_folder, check_side, check_weights
 from clad.models.components.backbone import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     MID_STRIDES,
     FeatureExtractor,
+    check_layers,
     pyramid_layers,
 )
-from clad.models.components.precision import Precision
-from clad.records import Scores
+from clad.models.components.pdn import (
+    MIN_SIDE,
+    MIN_SIDE_UNPADDED,
+    EfficientADNetwork,
+    pdn_output_side,
+)
+from clad.records import Scores, dataset_length
 from clad.registry import register_detector
 
 log = logging.getLogger(__name__)
 
-MIN_SIDE = 32  # the autoencoder's encoder halves the side five times
-MIN_SIDE_UNPADDED = 64  # without padding the PDN's output is (side / 4 - 8) wide
 HARD_QUANTILE = 0.999
 MAP_QUANTILES = (0.9, 0.995)
 PENALTY_GRAYSCALE = 0.3
 DISTILL_STAT_BATCHES = 10  # batches used to estimate the distillation targets' mean and std
-
-
-def pdn_small(out_channels: int, padding: bool, width: int = 128) -> nn.Sequential:
-    """PDN-small (the reference code's ``get_pdn_small``; same layer indices, so its state dicts
-    load): [B, 3, S, S] -> [B, out_channels, S/4, S/4] with padding, [.., S/4 - 8, ..] without.
-    Hidden widths ``width, 2 width, 2 width`` (the paper: 128, 256, 256)."""
-    pad = 1 if padding else 0
-    return nn.Sequential(
-        nn.Conv2d(3, width, 4, padding=3 * pad),
-        nn.ReLU(inplace=True),
-        nn.AvgPool2d(2, stride=2, padding=pad),
-        nn.Conv2d(width, 2 * width, 4, padding=3 * pad),
-        nn.ReLU(inplace=True),
-        nn.AvgPool2d(2, stride=2, padding=pad),
-        nn.Conv2d(2 * width, 2 * width, 3, padding=pad),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(2 * width, out_channels, 4),
-    )
-
-
-def pdn_output_side(side: int, padding: bool) -> int:
-    """Output side of ``pdn_small`` for an input side."""
-    pad = 1 if padding else 0
-    side = side + 6 * pad - 3  # 4x4 conv
-    side = (side + 2 * pad - 2) // 2 + 1  # pool
-    side = side + 6 * pad - 3
-    side = (side + 2 * pad - 2) // 2 + 1
-    side = side + 2 * pad - 2  # 3x3 conv
-    return side - 3  # 4x4 conv, no padding
-
-
-class Autoencoder(nn.Module):
-    """EfficientAD's autoencoder: [B, 3, H, W] -> [B, out_channels, h, w] (``(h, w)``: the
-    teacher's output size, given to ``forward``).
-
-    The paper's layers for 256 px inputs. For other sides the encoder's last map (side / 32) is
-    resized bilinearly to 8 x 8 before the final 8 x 8 convolution (an identity at 256 px), and
-    the decoder's upsampling sizes (3, 8, 15, 32, 63, 127 at 256 px) scale with the side, so the
-    weights do not depend on the input size.
-    """
-
-    DECODER_SIZES = (3, 8, 15, 32, 63, 127)  # at 256 px
-
-    def __init__(self, out_channels: int) -> None:
-        super().__init__()
-
-        def down(c_in: int, c_out: int) -> list[nn.Module]:
-            return [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
-
-        self.encoder = nn.Sequential(
-            *down(3, 32), *down(32, 32), *down(32, 64), *down(64, 64), *down(64, 64)
-        )
-        self.code = nn.Conv2d(64, 64, 8)  # [B, 64, 8, 8] -> [B, 64, 1, 1]
-        self.decoder = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(64, 64, 4, padding=2), nn.ReLU(inplace=True), nn.Dropout(0.2))
-            for _ in self.DECODER_SIZES
-        )  # each: side -> side + 1
-        self.head = nn.Sequential(
-            nn.Conv2d(64, 64, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(64, out_channels, 3, padding=1),
-        )
-
-    def forward(self, x: Tensor, out_size: tuple[int, int]) -> Tensor:
-        height, width = x.shape[-2:]
-        h = self.encoder(x)  # [B, 64, H/32, W/32]
-        if h.shape[-2:] != (8, 8):
-            h = F.interpolate(h, size=(8, 8), mode="bilinear")
-        h = self.code(h)  # [B, 64, 1, 1]
-        for size, layer in zip(self.DECODER_SIZES, self.decoder):
-            target = (max(1, round(size * height / 256)), max(1, round(size * width / 256)))
-            h = layer(F.interpolate(h, size=target, mode="bilinear"))
-        return self.head(F.interpolate(h, size=out_size, mode="bilinear"))
-
-
-class EfficientADNetwork(nn.Module):
-    """Teacher, student and autoencoder, with the statistics that define the maps as buffers
-    (so ``state_dict`` carries them): teacher channel mean/std [1, C, 1, 1], the map quantiles
-    ``(q_st_a, q_st_b, q_ae_a, q_ae_b)`` (NaN until computed) and whether the teacher is
-    trained. With ``autoencoder=False`` (the student-teacher part alone) the student has ``C``
-    outputs, ``autoencoder`` is None and the quantiles are ``(q_st_a, q_st_b)``."""
-
-    def __init__(
-        self, out_channels: int, padding: bool, pdn_width: int, autoencoder: bool = True
-    ) -> None:
-        super().__init__()
-        self.out_channels = out_channels
-        self.padding = padding
-        self.teacher = pdn_small(out_channels, padding, pdn_width).requires_grad_(False)
-        student_channels = 2 * out_channels if autoencoder else out_channels
-        self.student = pdn_small(student_channels, padding, pdn_width)
-        self.autoencoder = Autoencoder(out_channels) if autoencoder else None
-        self.register_buffer("input_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
-        self.register_buffer("input_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
-        self.register_buffer("teacher_mean", torch.zeros(1, out_channels, 1, 1))
-        self.register_buffer("teacher_std", torch.ones(1, out_channels, 1, 1))
-        self.register_buffer("quantiles", torch.full((4 if autoencoder else 2,), math.nan))
-        self.register_buffer("teacher_ready", torch.tensor(False))
-
-    def normalise_input(self, x: Tensor) -> Tensor:
-        return (x - self.input_mean) / self.input_std
-
-    @torch.no_grad()
-    def teacher_features(self, x: Tensor) -> Tensor:
-        """Normalised teacher output [B, C, h, w] of images in [0, 1] (no gradients)."""
-        self.teacher.eval()
-        out = self.teacher(self.normalise_input(x)).float()
-        return (out - self.teacher_mean) / self.teacher_std
-
-    def maps(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Raw ``(M_ST, M_AE)`` maps [B, h, w] of images in [0, 1] (``M_AE`` None without an
-        autoencoder)."""
-        teacher = self.teacher_features(x)
-        x = self.normalise_input(x)
-        student = self.student(x).float()
-        c = self.out_channels
-        if self.autoencoder is None:
-            return (teacher - student).pow(2).mean(dim=1), None
-        ae = self.autoencoder(x, teacher.shape[-2:]).float()
-        map_st = (teacher - student[:, :c]).pow(2).mean(dim=1)
-        map_ae = (ae - student[:, c:]).pow(2).mean(dim=1)
-        return map_st, map_ae
 
 
 def quantile(x: Tensor, q: float) -> Tensor:
@@ -243,6 +124,8 @@ def quantile(x: Tensor, q: float) -> Tensor:
 def jitter_colours(images: Tensor, generator: torch.Generator) -> Tensor:
     """EfficientAD's autoencoder augmentation: per image one of brightness, contrast or
     saturation, scaled by a factor uniform in [0.8, 1.2]: [B, 3, H, W] -> same."""
+    import torchvision.transforms.functional as TF  # torchvision loads torch._dynamo: lazily
+
     adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
     choices = torch.randint(0, 3, (len(images),), generator=generator).tolist()
     factors = (0.8 + 0.4 * torch.rand(len(images), generator=generator)).tolist()
@@ -265,6 +148,11 @@ def _images_only(batch: Tensor | Sequence) -> Tensor:
 DEFAULT_IMAGENET = "tiny-imagenet-200"  # the top-level folder of the repository (README there)
 
 
+def in_default_folder(folder: Path) -> bool:
+    """Whether ``folder`` is the repository's ``tiny-imagenet-200`` or a folder inside it."""
+    return not folder.is_absolute() and folder.parts[:1] == (DEFAULT_IMAGENET,)
+
+
 def penalty_images(path: str | None) -> PenaltyImages | None:
     """The penalty images of ``path`` (resized in ``fit``), or None with a log line that the
     penalty is off: when ``path`` is None, or when it is the default folder or a folder inside
@@ -274,8 +162,7 @@ def penalty_images(path: str | None) -> PenaltyImages | None:
         log.warning("EfficientAD: imagenet_train_path is null; the ImageNet penalty is off")
         return None
     folder = Path(path)
-    in_default = not folder.is_absolute() and folder.parts[:1] == (DEFAULT_IMAGENET,)
-    if in_default and not (folder.is_dir() and find_images(folder)):
+    if in_default_folder(folder) and not (folder.is_dir() and find_images(folder)):
         log.warning(
             "EfficientAD: the default penalty folder %s holds no images (see its README); the "
             "ImageNet penalty is off",
@@ -313,35 +200,31 @@ class EfficientAD(TrainedDetector):
             does not see: ``"zero"`` (the reference code: 0 after normalising, about the 90th
             percentile of normal values) or ``"lowest"`` (anomalib 2.7.0: raw maps padded with 0
             before normalising, below every normal value).
-        precision: fp32, bf16 or fp16 on CUDA (``clad.models.components.precision``); None:
-            ``default_precision``. Ignored on CPU.
+        training: ``Training``; by default 20 epochs of Adam at lr 1e-4, batch 8, early
+            stopping after 5 epochs.
     """
 
     with_autoencoder: ClassVar[bool] = True  # False: the student-teacher part alone (``st``)
+    network: EfficientADNetwork
+    training_defaults = Training(epochs=20, batch_size=8, lr=1e-4, patience=5)
 
     def __init__(
         self,
-        out_channels: int = 384,
-        pdn_width: int = 128,
+        out_channels: PositiveInt = 384,
+        pdn_width: PositiveInt = 128,
         padding: bool = True,
         teacher_weights: str | None = None,
         backbone: str = "efficientnet_lite0",
         weights: str = "imagenet",
         distill_layers: tuple[str, ...] | None = None,
-        distill_steps: int = 1000,
-        distill_lr: float = 1e-3,
+        distill_steps: NonNegativeInt = 1000,
+        distill_lr: PositiveFloat = 1e-3,
         imagenet_train_path: str | None = DEFAULT_IMAGENET,
-        weight_decay: float = 1e-5,
+        weight_decay: NonNegativeFloat = 1e-5,
         border: Literal["zero", "lowest"] = "zero",
-        epochs: int = 20,
-        batch_size: int = 8,
-        lr: float = 1e-4,
-        patience: int = 5,
-        device: str = "auto",
-        num_workers: int = 0,
-        precision: Precision | None = None,
+        training: Training | None = None,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
+        super().__init__(training)
         self.network = EfficientADNetwork(
             out_channels, padding, pdn_width, self.with_autoencoder
         ).to(self.device)
@@ -350,22 +233,30 @@ class EfficientAD(TrainedDetector):
         self.distill_layers = pyramid_layers(backbone, distill_layers, MID_STRIDES)
         self.distill_steps = distill_steps
         self.distill_lr = distill_lr
-        if border not in ("zero", "lowest"):
-            raise ValueError(f"efficientad: border must be zero or lowest, got {border!r}")
         self.border = border
         self.weight_decay = weight_decay
         self.penalty = penalty_images(imagenet_train_path)
         self._penalty_batches: Iterator[Tensor] | None = None
         self.teacher_weights = teacher_weights
         if teacher_weights is not None:
-            if not Path(teacher_weights).is_file():
-                raise FileNotFoundError(
-                    f"EfficientAD teacher_weights {teacher_weights} does not exist"
-                )
             state = torch.load(teacher_weights, map_location="cpu", weights_only=True)
             self.network.teacher.load_state_dict(state)
             self.network.teacher_ready.fill_(True)
             log.info("EfficientAD: teacher loaded from %s", teacher_weights)
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], input_size: tuple[int, int]) -> None:
+        teacher = arguments["teacher_weights"]
+        if teacher is not None and not Path(teacher).is_file():
+            raise ValueError(f"teacher_weights: {teacher} is not a file")
+        if arguments["teacher_weights"] is None:
+            check_weights(arguments["weights"])
+            check_layers(arguments["backbone"], arguments["distill_layers"])
+        penalty = arguments["imagenet_train_path"]
+        if penalty is not None and not in_default_folder(Path(penalty)):
+            check_folder(penalty, "imagenet_train_path")
+        smallest = MIN_SIDE if arguments["padding"] else MIN_SIDE_UNPADDED
+        check_side(input_size, 1, smallest)
 
     @property
     def is_fitted(self) -> bool:
@@ -464,12 +355,16 @@ class EfficientAD(TrainedDetector):
         net = self.network
         net.teacher_mean.zero_()
         net.teacher_std.fill_(1.0)
-        total, total_sq, count = 0.0, 0.0, 0
+        total: Tensor | float = 0.0
+        total_sq: Tensor | float = 0.0
+        count = 0
         for images, _, _ in self._loader(train, shuffle=False):
             out = net.teacher_features(images.to(self.device))  # raw: mean 0, std 1 set above
             total = total + out.sum(dim=(0, 2, 3))
             total_sq = total_sq + out.pow(2).sum(dim=(0, 2, 3))
             count += out.shape[0] * out.shape[2] * out.shape[3]
+        # tensors: training sets are never empty (``fit`` refuses them)
+        assert isinstance(total, Tensor) and isinstance(total_sq, Tensor)
         mean = total / count
         std = (total_sq / count - mean.pow(2)).clamp_min(1e-12).sqrt()
         net.teacher_mean.copy_(mean.view_as(net.teacher_mean))
@@ -539,7 +434,7 @@ class EfficientAD(TrainedDetector):
         return self.losses(images, images, None)["loss"]
 
     def fit(self, train: Dataset, val: Dataset | None = None) -> None:
-        if len(train) == 0:
+        if dataset_length(train) == 0:
             raise ValueError("EfficientAD.fit: the training set is empty")
         self._check_size(train[0][0])
         self.network.to(self.device)
@@ -561,21 +456,23 @@ class EfficientAD(TrainedDetector):
             super().fit(train, val)
         finally:
             self._penalty_batches = None
-        self.map_quantiles(val if val is not None and len(val) > 0 else train)
+        self.map_quantiles(val if val is not None and dataset_length(val) > 0 else train)
 
     @torch.no_grad()
     def map_quantiles(self, data: Dataset) -> None:
         """``q_a, q_b`` of the raw ``M_ST`` and ``M_AE`` values over ``data`` (``M_ST`` alone
         without an autoencoder)."""
         self.network.eval()
-        st, ae = [], []
+        st: list[Tensor] = []
+        ae: list[Tensor] = []
         for images, _, _ in self._loader(data, shuffle=False):
             images = images.to(self.device)
             self._check_size(images)
             with self.autocast():
                 map_st, map_ae = self.network.maps(images)
             st.append(map_st)
-            ae.append(map_ae)
+            if map_ae is not None:  # None without an autoencoder
+                ae.append(map_ae)
         q_a, q_b = MAP_QUANTILES
         if self.network.autoencoder is None:
             maps_st = torch.cat(st)

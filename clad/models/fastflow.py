@@ -36,16 +36,18 @@ Where ours differs from the paper:
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
+from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
-from clad.models.base import TrainedDetector
-from clad.models.components.backbone import FeatureExtractor, pyramid_layers
+from clad.models.base import TrainedDetector, Training
+from clad.models.components.arguments import check_weights
+from clad.models.components.backbone import FeatureExtractor, check_layers, pyramid_layers
 from clad.models.components.flows import flow_2d, gaussian_nll, position_nll, run_flow
-from clad.models.components.precision import Precision
 from clad.records import Scores
 from clad.registry import register_detector
 
@@ -100,30 +102,27 @@ class FastFlow(TrainedDetector):
         anomaly_map: ``"probability"`` (the paper's negated average likelihood) or ``"nll"``
             (per-position -log-likelihood averaged over scales).
         weight_decay: Adam weight decay on the flows.
+        training: ``Training``; by default 20 epochs of Adam at lr 1e-3, batch 16, early
+            stopping after 5 epochs, float32 (flows: log-determinants and exponentials).
     """
 
-    default_precision = "fp32"  # flows: log-determinants and exponentials in float32
+    network: FastFlowNetwork
+    training_defaults = Training(epochs=20, batch_size=16, lr=1e-3, patience=5, precision="fp32")
 
     def __init__(
         self,
         backbone: str = "efficientnet_lite0",
         layers: tuple[str, ...] | None = None,
         weights: str = "imagenet",
-        flow_steps: int = 8,
-        hidden_ratio: float = 1.0,
+        flow_steps: PositiveInt = 8,
+        hidden_ratio: PositiveFloat = 1.0,
         conv3x3_only: bool = False,
-        clamp: float = 2.0,
+        clamp: PositiveFloat = 2.0,
         anomaly_map: Literal["probability", "nll"] = "probability",
-        weight_decay: float = 1e-5,
-        epochs: int = 20,
-        batch_size: int = 16,
-        lr: float = 1e-3,
-        patience: int = 5,
-        device: str = "auto",
-        num_workers: int = 0,
-        precision: Precision | None = None,
+        weight_decay: NonNegativeFloat = 1e-5,
+        training: Training | None = None,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
+        super().__init__(training)
         self.network = (
             FastFlowNetwork(
                 backbone,
@@ -140,6 +139,11 @@ class FastFlow(TrainedDetector):
         self.anomaly_map = anomaly_map
         self.weight_decay = weight_decay
 
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], input_size: tuple[int, int]) -> None:
+        check_weights(arguments["weights"])
+        check_layers(arguments["backbone"], arguments["layers"])
+
     def make_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(
             self.network.flows.parameters(), lr=self.lr, weight_decay=self.weight_decay
@@ -147,7 +151,10 @@ class FastFlow(TrainedDetector):
 
     def loss(self, images: Tensor) -> Tensor:
         zs, log_dets = self.network(images)
-        return sum(gaussian_nll(z, j).mean() for z, j in zip(zs, log_dets, strict=True))
+        # a tensor: the flows have at least one level
+        return cast(
+            Tensor, sum(gaussian_nll(z, j).mean() for z, j in zip(zs, log_dets, strict=True))
+        )
 
     def distillation_outputs(self, images: Tensor) -> tuple[Tensor, ...]:
         """The flows' outputs ``z``, one [B, C_l, h_l, w_l] per layer."""

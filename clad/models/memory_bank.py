@@ -22,15 +22,22 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from clad.models.base import Detector, private_generator, resolve_device, tensor_bytes
+from clad.models.base import (
+    LOADER_KEYS,
+    Detector,
+    Training,
+    private_generator,
+    resolve_device,
+    tensor_bytes,
+)
 from clad.models.components.backbone import FeatureExtractor
-from clad.records import Scores
+from clad.records import Scores, dataset_length
 
 Memory = dict[str, Tensor]
 
@@ -51,15 +58,24 @@ class MemoryBankDetector(Detector):
     """
 
     extractor: FeatureExtractor
-    cl_variant: ClassVar[str] = "single_bank"  # the ``cl`` strategy's default variant
+    # the ``cl`` strategy's default variant
+    cl_variant: ClassVar[Literal["single_bank", "per_task"]] = "single_bank"
+    training_keys = LOADER_KEYS  # one pass over the images: batches, device, loader workers
 
-    def __init__(self, batch_size: int, device: str, num_workers: int) -> None:
-        self.batch_size = batch_size
-        self.device = resolve_device(device)
-        self.num_workers = num_workers
+    def __init__(self, training: Training | None = None) -> None:
+        self.training = training or type(self).training_defaults
+        self.device = resolve_device(self.training.device)
         self.memory: Memory | None = None
         self._prepared: object | None = None
         self.timings: dict[str, float] = {}
+
+    @property
+    def batch_size(self) -> int:
+        return self.training.batch_size
+
+    @property
+    def num_workers(self) -> int:
+        return self.training.num_workers
 
     # --- what subclasses define -------------------------------------------------------------
     @abstractmethod
@@ -80,12 +96,11 @@ class MemoryBankDetector(Detector):
         """The search structure ``score`` needs for ``memory`` (index, inverse covariances)."""
 
     @abstractmethod
-    def score(
-        self, embedding: Tensor, prepared: object, size: tuple[int, int]
-    ) -> tuple[Scores, Tensor]:
-        """Scores of ``embedding`` [B, C, h, w] against a prepared memory, with maps at
-        ``size`` (None for a detector without maps: DNE), and the routing distance [B] (lower =
-        the memory explains the image better). Tensors stay on the device."""
+    def score(self, embedding: Tensor, prepared: Any, size: Sequence[int]) -> tuple[Scores, Tensor]:
+        """Scores of ``embedding`` [B, C, h, w] against a prepared memory (what this detector's
+        ``prepare`` returns), with maps at ``size`` (H, W) (None for a detector without maps:
+        DNE), and the routing distance [B] (lower = the memory explains the image better).
+        Tensors stay on the device."""
 
     @abstractmethod
     def merge_memories(self, memories: Sequence[Memory], budget: int | None) -> Memory:
@@ -121,7 +136,7 @@ class MemoryBankDetector(Detector):
 
     def fit(self, train: Dataset, val: Dataset | None = None) -> None:
         """Replace the memory with one built from ``train`` (``val`` is not needed)."""
-        if len(train) == 0:
+        if dataset_length(train) == 0:
             raise ValueError(f"{type(self).__name__}.fit: the training set is empty")
         memory = self.build_memory(train)
         began = time.perf_counter()

@@ -17,15 +17,18 @@ the map's maximum. The routing distance of an image is its mean patch Mahalanobi
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import NonNegativeFloat, PositiveInt
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from clad.models.components.backbone import LAYERS, FeatureExtractor, pyramid_layers
+from clad.models.base import Training
+from clad.models.components.arguments import check_weights
+from clad.models.components.backbone import LAYERS, FeatureExtractor, check_layers, pyramid_layers
 from clad.models.components.gaussian import (
     Accumulator,
     add_stats,
@@ -54,7 +57,7 @@ class Padim(MemoryBankDetector):
             wide_resnet50_2); capped at the number of channels of ``layers``.
         covariance_eps: regulariser added to every covariance's diagonal.
         smoothing_sigma: Gaussian sigma (pixels) of the anomaly-map smoothing; 0 disables it.
-        batch_size, device, num_workers: feature-extraction batches.
+        training: feature-extraction batches, device and loader workers (``Training``).
     """
 
     def __init__(
@@ -62,22 +65,23 @@ class Padim(MemoryBankDetector):
         backbone: Backbone = "efficientnet_lite0",
         weights: str = "imagenet",
         layers: tuple[str, ...] | None = None,
-        n_features: int = 100,
-        covariance_eps: float = 0.01,
-        smoothing_sigma: float = 4.0,
-        batch_size: int = 32,
-        device: str = "auto",
-        num_workers: int = 0,
+        n_features: PositiveInt = 100,
+        covariance_eps: NonNegativeFloat = 0.01,
+        smoothing_sigma: NonNegativeFloat = 4.0,
+        training: Training | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device, num_workers=num_workers)
+        super().__init__(training)
         self.layers = pyramid_layers(backbone, layers)
         self.extractor = FeatureExtractor(backbone, self.layers, weights).to(self.device)
         total = sum(LAYERS[backbone][layer][0] for layer in self.layers)
-        if n_features < 1:
-            raise ValueError(f"padim.n_features must be >= 1, got {n_features}")
         self.channels = torch.randperm(total)[: min(n_features, total)]  # [D]
         self.covariance_eps = covariance_eps
         self.smoothing_sigma = smoothing_sigma
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], input_size: tuple[int, int]) -> None:
+        check_weights(arguments["weights"])
+        check_layers(arguments["backbone"], arguments["layers"])
 
     def extra_state(self) -> dict[str, Tensor]:
         return {"channels": self.channels}
@@ -128,14 +132,14 @@ class Padim(MemoryBankDetector):
         self.timings = {"feature": time.perf_counter() - began}
         return {**stats, "grid": torch.tensor(grid)}
 
-    def prepare(self, memory: Memory) -> tuple[Tensor, Tensor, tuple[int, int]]:
+    def prepare(self, memory: Memory) -> tuple[Tensor, Tensor, tuple[int, ...]]:
         mean, covariance = gaussian(memory, self.covariance_eps)
         precision = inverse_covariance(covariance)
         grid = tuple(int(v) for v in memory["grid"])
         return mean.float(), precision.float(), grid
 
     def score(
-        self, embedding: Tensor, prepared: tuple, size: tuple[int, int]
+        self, embedding: Tensor, prepared: tuple, size: Sequence[int]
     ) -> tuple[Scores, Tensor]:
         mean, precision, grid = prepared
         b, d, h, w = embedding.shape

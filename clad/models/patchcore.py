@@ -31,15 +31,23 @@ scores.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, NonNegativeFloat, PositiveInt
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from clad.models.components.backbone import MID_STRIDES, FeatureExtractor, pyramid_layers
+from clad.models.base import Training
+from clad.models.components.arguments import check_weights
+from clad.models.components.backbone import (
+    MID_STRIDES,
+    FeatureExtractor,
+    check_layers,
+    pyramid_layers,
+)
 from clad.models.components.coreset import (
     CoresetMethod,
     coreset_size,
@@ -87,8 +95,7 @@ class PatchCore(MemoryBankDetector):
             input (scaled with the input side; see the module docstring); 0 disables it.
         knn_backend: ``"auto"`` (faiss if installed), ``"faiss"`` or ``"torch"``.
         coreset_method: ``"auto"`` (dense on CUDA, pruned on CPU), ``"dense"``, ``"pruned"``.
-        batch_size, device, num_workers: feature-extraction batches (device ``"auto"``: CUDA
-            when available).
+        training: feature-extraction batches, device and loader workers (``Training``).
     """
 
     def __init__(
@@ -96,22 +103,16 @@ class PatchCore(MemoryBankDetector):
         backbone: Backbone = "efficientnet_lite0",
         weights: str = "imagenet",
         layers: tuple[str, ...] | None = None,
-        coreset_ratio: float = 0.1,
-        projection_dim: int = 128,
-        embed_dim: int | None = None,
-        num_neighbors: int = 9,
-        smoothing_sigma: float = 4.0,
+        coreset_ratio: Annotated[float, Field(gt=0, le=1)] = 0.1,
+        projection_dim: PositiveInt = 128,
+        embed_dim: PositiveInt | None = None,
+        num_neighbors: PositiveInt = 9,
+        smoothing_sigma: NonNegativeFloat = 4.0,
         knn_backend: KnnBackend = "auto",
         coreset_method: CoresetMethod = "auto",
-        batch_size: int = 32,
-        device: str = "auto",
-        num_workers: int = 0,
+        training: Training | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device, num_workers=num_workers)
-        if not 0 < coreset_ratio <= 1:
-            raise ValueError(f"patchcore.coreset_ratio must be in (0, 1], got {coreset_ratio}")
-        if num_neighbors < 1 or projection_dim < 1:
-            raise ValueError("patchcore.num_neighbors and projection_dim must be >= 1")
+        super().__init__(training)
         self.layers = pyramid_layers(backbone, layers, MID_STRIDES)
         self.extractor = FeatureExtractor(backbone, self.layers, weights).to(self.device)
         self.coreset_ratio = coreset_ratio
@@ -121,6 +122,11 @@ class PatchCore(MemoryBankDetector):
         self.smoothing_sigma = smoothing_sigma
         self.knn_backend = knn_backend
         self.coreset_method = coreset_method
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], input_size: tuple[int, int]) -> None:
+        check_weights(arguments["weights"])
+        check_layers(arguments["backbone"], arguments["layers"])
 
     def embed(self, x: Tensor, reuse: bool = True) -> Tensor:
         with torch.no_grad():
@@ -174,7 +180,7 @@ class PatchCore(MemoryBankDetector):
         return self.smoothing_sigma * height / SIGMA_REFERENCE_SIDE
 
     def score(
-        self, embedding: Tensor, prepared: KnnIndex, size: tuple[int, int]
+        self, embedding: Tensor, prepared: KnnIndex, size: Sequence[int]
     ) -> tuple[Scores, Tensor]:
         b, c, h, w = embedding.shape
         queries = embedding.permute(0, 2, 3, 1).reshape(-1, c)  # [B*h*w, C]

@@ -71,19 +71,27 @@ weights of all four networks with fresh optimizers and restarts the schedule.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import NonNegativeFloat, PositiveInt
 from torch import Tensor, nn
 
-from clad.models.base import TrainedDetector
+from clad.models.base import TrainedDetector, Training
 from clad.models.components.anomaly_sources import texture_source
+from clad.models.components.arguments import (
+    Fraction,
+    OddWindow,
+    Probability,
+    check_folder,
+    check_side,
+)
 from clad.models.components.draem import (
     SIDE_MULTIPLE,
     DiscriminativeSubNetwork,
     ReconstructiveSubNetwork,
-    check_score_window,
     draem_init,
     focal_loss,
     ssim_loss,
@@ -91,12 +99,17 @@ from clad.models.components.draem import (
     synthesize_anomalies,
     window_max,
 )
-from clad.models.components.precision import Precision
 from clad.models.components.ssim import gaussian_smooth
 from clad.records import Scores
 from clad.registry import register_detector
 
 GanLoss = Literal["bce", "lsgan"]
+
+
+def min_side(disc_layers: int) -> int:
+    """The smallest input side: a multiple of DRAEM's 32 that the discriminators' stride-2
+    layers leave at least 4 pixels of."""
+    return max(SIDE_MULTIPLE, 2 ** (disc_layers + 2))
 
 
 class PatchDiscriminator(nn.Module):
@@ -199,50 +212,35 @@ class RDNA(TrainedDetector):
         smoothing_sigma: Gaussian sigma (pixels) applied to the anomaly map; 0 disables it.
         val_seed: seed of the fixed synthetic anomalies on the validation images.
         milestones: fractions of ``epochs`` at which the networks' learning rate is x0.2.
-        precision: fp32, bf16 or fp16 on CUDA (``clad.models.components.precision``); None:
-            ``default_precision``. Ignored on CPU.
+        training: ``Training``; by default DRAEM's: 20 epochs of Adam at lr 1e-4, batch 8,
+            early stopping after 5 epochs.
     """
 
     supports_regularizer = False  # its updates are adversarial pairs (training_step)
+    network: RdnaNetwork
+    training_defaults = Training(epochs=20, batch_size=8, lr=1e-4, patience=5)
 
     def __init__(
         self,
-        recon_width: int = 32,
-        seg_width: int = 16,
-        recon_disc_width: int = 16,
-        seg_disc_width: int = 16,
-        disc_layers: int = 3,
-        recon_adv_weight: float = 0.01,
-        seg_adv_weight: float = 0.01,
+        recon_width: PositiveInt = 32,
+        seg_width: PositiveInt = 16,
+        recon_disc_width: PositiveInt = 16,
+        seg_disc_width: PositiveInt = 16,
+        disc_layers: PositiveInt = 3,
+        recon_adv_weight: NonNegativeFloat = 0.01,
+        seg_adv_weight: NonNegativeFloat = 0.01,
         seg_disc_with_image: bool = True,
         gan_loss: GanLoss = "lsgan",
-        disc_lr: float | None = None,
+        disc_lr: NonNegativeFloat | None = None,
         anomaly_source_path: str | None = None,
-        anomaly_probability: float = 0.5,
-        score_window: int = 21,
-        smoothing_sigma: float = 0.0,
+        anomaly_probability: Probability = 0.5,
+        score_window: OddWindow = 21,
+        smoothing_sigma: NonNegativeFloat = 0.0,
         val_seed: int = 0,
-        milestones: tuple[float, ...] = (0.8, 0.9),
-        epochs: int = 20,
-        batch_size: int = 8,
-        lr: float = 1e-4,
-        patience: int = 5,
-        device: str = "auto",
-        num_workers: int = 0,
-        precision: Precision | None = None,
+        milestones: tuple[Fraction, ...] = (0.8, 0.9),
+        training: Training | None = None,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
-        check_score_window(score_window, "rdna")
-        if not 0.0 <= anomaly_probability <= 1.0:
-            raise ValueError(
-                f"rdna: anomaly_probability must be in [0, 1], got {anomaly_probability}"
-            )
-        if min(recon_adv_weight, seg_adv_weight, smoothing_sigma) < 0:
-            raise ValueError("rdna: adversarial weights and smoothing_sigma must be >= 0")
-        if disc_layers < 1:
-            raise ValueError(f"rdna: disc_layers must be at least 1, got {disc_layers}")
-        if gan_loss not in ("bce", "lsgan"):
-            raise ValueError(f"rdna: gan_loss must be 'bce' or 'lsgan', got {gan_loss!r}")
+        super().__init__(training)
         self.network = RdnaNetwork(
             recon_width,
             seg_width,
@@ -256,13 +254,18 @@ class RDNA(TrainedDetector):
         self.seg_adv_weight = seg_adv_weight
         self.seg_disc_with_image = seg_disc_with_image
         self.gan_loss = gan_loss
-        self.disc_lr = lr if disc_lr is None else disc_lr
+        self.disc_lr = self.lr if disc_lr is None else disc_lr
         self.anomaly_probability = anomaly_probability
         self.score_window = score_window
         self.smoothing_sigma = smoothing_sigma
         self.val_seed = val_seed
         self.milestones = milestones
-        self.min_side = max(SIDE_MULTIPLE, 2 ** (disc_layers + 2))
+        self.min_side = min_side(disc_layers)
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], input_size: tuple[int, int]) -> None:
+        check_folder(arguments["anomaly_source_path"], "anomaly_source_path")
+        check_side(input_size, SIDE_MULTIPLE, min_side(arguments["disc_layers"]))
 
     def _check_size(self, x: Tensor) -> None:
         height, width = x.shape[-2:]

@@ -31,15 +31,16 @@ Where ours differs from the paper:
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clad.models.base import TrainedDetector
-from clad.models.components.backbone import FeatureExtractor, pyramid_layers
-from clad.models.components.precision import Precision
+from clad.models.base import TrainedDetector, Training
+from clad.models.components.arguments import check_weights
+from clad.models.components.backbone import FeatureExtractor, check_layers, pyramid_layers
 from clad.records import Scores
 from clad.registry import register_detector
 
@@ -56,6 +57,9 @@ def layer_distances(teacher: list[Tensor], student: list[Tensor]) -> list[Tensor
 class Student(nn.Module):
     """A trainable, randomly initialised network with the teacher's stages and input
     normalisation; ``forward`` returns the same layers as the teacher, with gradients."""
+
+    mean: Tensor  # buffers [1, 3, 1, 1], the teacher's input normalisation
+    std: Tensor
 
     def __init__(self, backbone: str, layers: tuple[str, ...]) -> None:
         super().__init__()
@@ -102,8 +106,13 @@ class STFPM(TrainedDetector):
             init, for tests only). The student always starts from random init.
         map_fusion: ``"product"`` of the per-layer maps (the paper) or their ``"sum"``.
         optimizer: ``"sgd"`` (the paper's: momentum 0.9, weight decay 1e-4; lr about 0.4) or
-            ``"adam"`` (lr about 3e-3); the learning rate is ``lr`` in both cases.
+            ``"adam"`` (lr about 3e-3); the learning rate is ``training.lr`` in both cases.
+        training: ``Training``; by default 30 epochs at lr 0.4 (SGD), batch 16, early
+            stopping after 5 epochs.
     """
+
+    network: StudentTeacher
+    training_defaults = Training(epochs=30, batch_size=16, lr=0.4, patience=5)
 
     def __init__(
         self,
@@ -112,15 +121,9 @@ class STFPM(TrainedDetector):
         weights: str = "imagenet",
         map_fusion: Literal["product", "sum"] = "product",
         optimizer: Literal["sgd", "adam"] = "sgd",
-        epochs: int = 30,
-        batch_size: int = 16,
-        lr: float = 0.4,
-        patience: int = 5,
-        device: str = "auto",
-        num_workers: int = 0,
-        precision: Precision | None = None,
+        training: Training | None = None,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, patience, device, num_workers, precision)
+        super().__init__(training)
         self.network = (
             StudentTeacher(backbone, pyramid_layers(backbone, layers), weights)
             .to(self.device)
@@ -128,6 +131,11 @@ class STFPM(TrainedDetector):
         )
         self.map_fusion = map_fusion
         self.optimizer = optimizer
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], input_size: tuple[int, int]) -> None:
+        check_weights(arguments["weights"])
+        check_layers(arguments["backbone"], arguments["layers"])
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         params = self.network.student.parameters()
@@ -138,8 +146,10 @@ class STFPM(TrainedDetector):
     def loss(self, images: Tensor) -> Tensor:
         with self.autocast():
             teacher, student = self.network(images)
-        # sum over layers of 1/(2 h w) sum_ij ||t - s||^2, averaged over the batch
-        return sum(d.mean(dim=(1, 2)) for d in layer_distances(teacher, student)).mean()
+        # sum over layers of 1/(2 h w) sum_ij ||t - s||^2, averaged over the batch (a tensor:
+        # there is at least one layer)
+        distances = layer_distances(teacher, student)
+        return cast(Tensor, sum(d.mean(dim=(1, 2)) for d in distances)).mean()
 
     def distillation_outputs(self, images: Tensor) -> tuple[Tensor, ...]:
         """The student's feature maps, one [B, C_l, h_l, w_l] per layer."""

@@ -49,13 +49,16 @@ Where ours differs from CLAD:
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal, cast
 
 import torch
+from pydantic import NonNegativeFloat, PositiveInt
 from torch import Tensor, nn
 
 from clad.models.autoencoder import ReconstructionDetector
-from clad.models.components.precision import Precision
+from clad.models.base import Training
+from clad.models.components.arguments import Probability
 from clad.registry import register_detector
 
 BASE_SIDE = 4  # side of the encoder's last map
@@ -150,45 +153,39 @@ class VAE(ReconstructionDetector):
         image_score: the map's ``"mean"`` or the mean of its ``"top1"`` % pixels.
         smoothing_sigma: Gaussian smoothing of the map, in pixels (0: none). The three scoring
             defaults are ``conv_ae``'s (CLAD's own map is not implemented; module docstring).
-        precision: fp32, bf16 or fp16 on CUDA (``clad.models.components.precision``); None:
-            ``default_precision``. Ignored on CPU. The loss terms are summed in float32.
+        training: ``Training``; by default 50 epochs at lr 1e-3, batch 32, early stopping
+            after 5 epochs. The loss terms are summed in float32 whatever the precision.
     """
+
+    network: VariationalAutoencoder
+    training_defaults = Training(epochs=50, batch_size=32, lr=1e-3, patience=5)
 
     def __init__(
         self,
         input_size: int = 256,
-        latent_dim: int = 256,
-        beta: float = 1.0,
-        adam_betas: tuple[float, float] = (0.5, 0.999),
+        latent_dim: PositiveInt = 256,
+        beta: NonNegativeFloat = 1.0,
+        adam_betas: tuple[Probability, Probability] = (0.5, 0.999),
         anomaly_map: Literal["l1", "ssim"] = "l1",
         image_score: Literal["mean", "top1"] = "top1",
-        smoothing_sigma: float = 4.0,
-        epochs: int = 50,
-        batch_size: int = 32,
-        lr: float = 1e-3,
-        patience: int = 5,
-        device: str = "auto",
-        num_workers: int = 0,
-        precision: Precision | None = None,
+        smoothing_sigma: NonNegativeFloat = 4.0,
+        training: Training | None = None,
     ) -> None:
         super().__init__(
             VariationalAutoencoder(input_size, latent_dim),
             anomaly_map,
             image_score,
             smoothing_sigma,
-            epochs,
-            batch_size,
-            lr,
-            patience,
-            device,
-            num_workers,
-            precision,
+            training,
         )
-        if beta < 0:
-            raise ValueError(f"vae: beta must be >= 0, got {beta}")
         self.beta = beta
-        self.adam_betas = tuple(adam_betas)
+        # two values, as the signature says (tuple() only turns a list given in Python into one)
+        self.adam_betas = cast(tuple[float, float], tuple(adam_betas))
         self.image_size = input_size
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], input_size: tuple[int, int]) -> None:
+        stage_widths(arguments["input_size"])
 
     @property
     def latent_dim(self) -> int:

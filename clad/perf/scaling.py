@@ -12,8 +12,9 @@ import torch
 
 from clad.benchmarks.mvtec import ImageDataset, read_category
 from clad.benchmarks.synthetic import SYNTHETIC_CATEGORIES, generate_dataset
+from clad.models.base import training_for
 from clad.models.patchcore import PatchCore
-from clad.records import Task
+from clad.records import Task, dataset_length
 from clad.strategies.memory_bank import ContinualMemoryBank
 
 
@@ -40,18 +41,20 @@ def cl_scaling(args: argparse.Namespace) -> list[dict]:
                 task_id=t,
                 name=f"{SYNTHETIC_CATEGORIES[category]}#{seed}",
                 train=ImageDataset(train, args.image_size),
-                val=None,
+                val=None,  # type: ignore[arg-type]  # the cl strategy never reads it
                 test=ImageDataset(test, args.image_size),
             )
         )
-    probe = torch.stack([tasks[0].test[i][0] for i in range(min(16, len(tasks[0].test)))])
+    probe = torch.stack(
+        [tasks[0].test[i][0] for i in range(min(16, dataset_length(tasks[0].test)))]
+    )
 
     def make() -> PatchCore:
         return PatchCore(
             backbone=args.backbone,
             weights=args.weights,
             coreset_ratio=args.coreset_ratio,
-            device=args.device,
+            training=training_for(PatchCore, device=args.device),
         )
 
     rows = []

@@ -17,7 +17,7 @@ rows add up to the wall time), its share of the wall time and its count:
 The harness's own share is the wall time outside the detectors' fit and predict: everything
 but ``learn``, ``predict`` and the phases under them, reported with and without ``data``.
 
-    python -m clad.perf stream --parameters_path configurations/demo.json --seed 0
+    python -m clad.perf stream --parameters_path configurations/synthetic/demo.json --seed 0
         [--set key=value ...] [--output DIR] [--json FILE]
 """
 

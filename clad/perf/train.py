@@ -25,17 +25,18 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-import clad.models  # noqa: F401  (fills the detector table)
 from clad.benchmarks.mvtec3d import MODE_CHANNELS
+from clad.config import build_detector
 from clad.models.base import resolve_device
-from clad.registry import detector_table, parameter_names, validate_params
+from clad.registry import detector_table, parameter_names
 
 
 def _build(name: str, settings: dict[str, Any]) -> Any:
+    """The detector with ``settings``, leaving out the arguments and training keys it does not
+    take (one set of settings serves every detector)."""
     cls = detector_table()[name]
-    accepted = parameter_names(cls)
-    kept = {k: v for k, v in settings.items() if k in accepted}
-    return cls(**validate_params(cls, kept, f"detector {name}"))
+    takes = set(parameter_names(cls)) | set(cls.training_keys)
+    return build_detector(name, {k: v for k, v in settings.items() if k in takes})
 
 
 def _synchronize(device: str) -> None:

@@ -54,16 +54,17 @@ class Clad:
 
     def __init__(self, detector: str, args: argparse.Namespace) -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-        import clad.models  # noqa: F401  (fills the detector table)
-        from clad.registry import detector_table
+        from clad.config import build_detector
+        from clad.models.memory_bank import MemoryBankDetector
 
-        cls = detector_table()[detector]
         params = {"backbone": args.backbone, "device": args.device, "batch_size": args.batch_size}
         if detector == "patchcore":
             params["coreset_ratio"] = args.coreset_ratio
         if detector == "padim":
             params["n_features"] = args.n_features
-        self.model = cls(**params)
+        model = build_detector(detector, params)
+        assert isinstance(model, MemoryBankDetector)  # the race's detectors: patchcore, padim
+        self.model = model
 
     def fit(self, images: torch.Tensor) -> dict:
         from torch.utils.data import TensorDataset
@@ -81,6 +82,7 @@ class Clad:
 
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores = self.model.predict(images)
+        assert scores.pixel is not None  # patchcore and padim give maps
         return scores.image, scores.pixel
 
 
@@ -169,15 +171,15 @@ def main() -> None:
     test = data["test"].float() / 255
     runner = (Clad if args.impl == "clad" else Anomalib)(args.detector, args)
     row = {"impl": args.impl, "detector": args.detector, **runner.fit(train)}
-    image_scores, maps = [], []
+    image_parts, map_parts = [], []
     began = time.perf_counter()
     for start in range(0, test.shape[0], args.batch_size):
         image, pixel = runner.predict(test[start : start + args.batch_size])
-        image_scores.append(image)
-        maps.append(pixel)
+        image_parts.append(image)
+        map_parts.append(pixel)
     seconds = time.perf_counter() - began
-    image_scores = torch.cat(image_scores).numpy()
-    maps = torch.cat(maps)
+    image_scores = torch.cat(image_parts).numpy()
+    maps = torch.cat(map_parts)
     masks = data["masks"][:, 0]  # [N, S, S] bool
     if maps.shape[-2:] != masks.shape[-2:]:
         maps = F.interpolate(maps[:, None], size=masks.shape[-2:], mode="bilinear")[:, 0]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from typing import ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
@@ -36,6 +36,14 @@ class Strategy(ABC):
     name: ClassVar[str]
     task_aware: ClassVar[bool] = False
     sees_future_tasks: ClassVar[bool] = False
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], detector: type) -> None:
+        """Checks that the constructor's types and ranges cannot state: chiefly whether
+        ``detector`` (the configured detector's class) is one this strategy can feed. Raise
+        ``ConfigError`` or ``ValueError`` naming the setting. Run once, when a configuration is
+        loaded, before any data is read. By default there is nothing to check."""
+        return None
 
     def __init__(self, make_detector: DetectorFactory) -> None:
         self.make_detector = make_detector
@@ -90,6 +98,11 @@ class Strategy(ABC):
             self.detector = None
         else:
             self._current().load_state_dict(state["detector"])
+
+
+def detector_name(detector: type) -> str:
+    """A detector class's registered name (its class name for an unregistered class)."""
+    return getattr(detector, "name", detector.__name__)
 
 
 def copy_state(copy: Detector | None) -> dict | None:

@@ -3,16 +3,19 @@ tasks under a budget, compressed by coreset, task-agnostic at test time."""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal, cast
 
 import torch
+from pydantic import PositiveInt
 from torch import Tensor
 
+from clad.errors import ConfigError
 from clad.models.base import tensor_bytes
 from clad.models.memory_bank import Memory, MemoryBankDetector, on_cpu
 from clad.records import Scores, Task
 from clad.registry import register_strategy
-from clad.strategies.base import DetectorFactory, Strategy
+from clad.strategies.base import DetectorFactory, Strategy, detector_name
 
 Variant = Literal["single_bank", "per_task"]
 
@@ -57,19 +60,15 @@ class ContinualMemoryBank(Strategy):
             (``single_bank`` for PatchCore and PaDiM, ``per_task`` for DNE).
     """
 
+    detector: MemoryBankDetector | None  # ``_current`` checks the type
+
     def __init__(
         self,
         make_detector: DetectorFactory,
-        mem_size_cl: int = 20000,
+        mem_size_cl: PositiveInt = 20000,
         variant: Variant | None = None,
     ) -> None:
         super().__init__(make_detector)
-        if mem_size_cl < 1:
-            raise ValueError(f"strategy cl: mem_size_cl must be >= 1, got {mem_size_cl}")
-        if variant not in ("single_bank", "per_task", None):
-            raise ValueError(
-                f"strategy cl: variant must be single_bank or per_task, got {variant!r}"
-            )
         self.mem_size_cl = mem_size_cl
         self.task_memories: list[Memory] = []  # per_task only
         self._prepared: list[object] = []
@@ -78,14 +77,18 @@ class ContinualMemoryBank(Strategy):
 
     def _current(self) -> MemoryBankDetector:
         detector = super()._current()
-        if not isinstance(detector, MemoryBankDetector):
-            name = getattr(detector, "name", type(detector).__name__)
-            raise TypeError(
-                f"strategy 'cl' works with memory-bank detectors only (patchcore, padim, dne); "
-                f"detector {name!r} is not one: use naive, replay, multi_task, cumulative or "
-                "single_model with it"
-            )
+        type(self).check_arguments({}, type(detector))
+        assert isinstance(detector, MemoryBankDetector)
         return detector
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], detector: type) -> None:
+        if not issubclass(detector, MemoryBankDetector):
+            raise ConfigError(
+                f"strategy.name: 'cl' works with memory-bank detectors only (patchcore, padim, "
+                f"dne); detector {detector_name(detector)!r} is not one: use naive, replay, "
+                "multi_task, cumulative or single_model with it"
+            )
 
     def learn(self, task: Task) -> None:
         detector = self._current()
@@ -123,7 +126,9 @@ class ContinualMemoryBank(Strategy):
         image = torch.stack([s.image for s, _ in results])[chosen, rows]  # [B]
         pixel = None
         if results[0][0].pixel is not None:
-            pixel = torch.stack([s.pixel for s, _ in results])[chosen, rows]  # [B, H, W]
+            # one detector: every memory's scores have maps when the first one's have
+            maps = cast(list[Tensor], [s.pixel for s, _ in results])
+            pixel = torch.stack(maps)[chosen, rows]  # [B, H, W]
         return on_cpu(Scores(image=image, pixel=pixel)), chosen.cpu()
 
     def memories(self) -> list[Memory]:

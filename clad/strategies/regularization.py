@@ -9,8 +9,11 @@ the interface of ``clad.models.base.TrainedDetector`` (``trainable_parameters``,
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field, NonNegativeFloat
 from torch import Tensor
 
 from clad.errors import ConfigError
@@ -22,28 +25,38 @@ from clad.strategies.base import (
     Strategy,
     copy_bytes,
     copy_state,
+    detector_name,
     restore_copy,
 )
 
 
-def trained(detector: object, strategy: str) -> TrainedDetector:
-    """``detector`` if it trains by gradient descent; a ``ConfigError`` naming it otherwise."""
-    if not isinstance(detector, TrainedDetector):
+def check_trained(detector: type, strategy: str) -> None:
+    """A ``ConfigError`` naming ``detector`` (a class) unless it trains one loss by gradient
+    descent (``TrainedDetector`` with ``supports_regularizer``)."""
+    name = detector_name(detector)
+    if not issubclass(detector, TrainedDetector):
         raise ConfigError(
-            f"strategy.name: {strategy!r} regularises a trained network; detector "
-            f"{getattr(detector, 'name', type(detector).__name__)!r} has none (memory-bank "
-            "detectors learn without gradients: use naive, replay or cl)"
+            f"strategy.name: {strategy!r} regularises a trained network; detector {name!r} has "
+            "none (memory-bank detectors learn without gradients: use naive, replay or cl)"
         )
     if not detector.supports_regularizer:
         raise ConfigError(
-            f"strategy.name: {strategy!r} cannot regularise {detector.name!r}: its updates "
+            f"strategy.name: {strategy!r} cannot regularise {name!r}: its updates "
             "are adversarial pairs, not one loss"
         )
+
+
+def trained(detector: object, strategy: str) -> TrainedDetector:
+    """``detector`` if it trains one loss by gradient descent (``check_trained``)."""
+    check_trained(type(detector), strategy)
+    assert isinstance(detector, TrainedDetector)
     return detector
 
 
 def ewc_penalty(
-    params: dict[str, Tensor], anchors: list[dict[str, Tensor]], fishers: list[dict[str, Tensor]]
+    params: Mapping[str, Tensor],
+    anchors: list[dict[str, Tensor]],
+    fishers: list[dict[str, Tensor]],
 ) -> Tensor:
     """``sum_k sum_i F_k,i (theta_i - theta*_k,i)^2`` over the stored tasks ``k`` (a scalar;
     0 with no task stored)."""
@@ -80,22 +93,20 @@ class EWC(Strategy):
     def __init__(
         self,
         make_detector: DetectorFactory,
-        ewc_lambda: float = 10000.0,
-        mode: str = "separate",
-        decay: float = 1.0,
+        ewc_lambda: NonNegativeFloat = 10000.0,
+        mode: Literal["separate", "online"] = "separate",
+        decay: Annotated[float, Field(ge=0, le=1)] = 1.0,
     ) -> None:
         super().__init__(make_detector)
-        if ewc_lambda < 0:
-            raise ValueError(f"strategy.ewc_lambda must be >= 0, got {ewc_lambda}")
-        if mode not in ("separate", "online"):
-            raise ValueError(f"strategy.mode must be 'separate' or 'online', got {mode!r}")
-        if not 0 <= decay <= 1:
-            raise ValueError(f"strategy.decay must be in [0, 1], got {decay}")
         self.ewc_lambda = ewc_lambda
         self.mode = mode
         self.decay = decay
         self.anchors: list[dict[str, Tensor]] = []
         self.fishers: list[dict[str, Tensor]] = []
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], detector: type) -> None:
+        check_trained(detector, cls.name)
 
     def penalty(self, detector: TrainedDetector) -> Tensor:
         """``(ewc_lambda / 2) * ewc_penalty`` at the detector's current parameters."""
@@ -166,10 +177,8 @@ class LwF(Strategy):
     images only.
     """
 
-    def __init__(self, make_detector: DetectorFactory, lwf_weight: float = 1.0) -> None:
+    def __init__(self, make_detector: DetectorFactory, lwf_weight: NonNegativeFloat = 1.0) -> None:
         super().__init__(make_detector)
-        if lwf_weight < 0:
-            raise ValueError(f"strategy.lwf_weight must be >= 0, got {lwf_weight}")
         self.lwf_weight = lwf_weight
         self.previous: TrainedDetector | None = None
 
@@ -186,16 +195,19 @@ class LwF(Strategy):
         new = detector.distillation_outputs(images)
         return self.lwf_weight * distillation_loss(new, old)
 
-    def _check(self, detector: TrainedDetector) -> None:
-        if type(detector).distillation_outputs is TrainedDetector.distillation_outputs:
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], detector: type) -> None:
+        check_trained(detector, cls.name)
+        assert issubclass(detector, TrainedDetector)  # ``check_trained`` raised otherwise
+        if detector.distillation_outputs is TrainedDetector.distillation_outputs:
             raise ConfigError(
-                f"strategy.name: 'lwf' needs the detector's outputs to distil; {detector.name!r} "
-                "does not define distillation_outputs"
+                f"strategy.name: 'lwf' needs the detector's outputs to distil; "
+                f"{detector_name(detector)!r} does not define distillation_outputs"
             )
 
     def learn(self, task: Task) -> None:
         detector = trained(self._current(), self.name)
-        self._check(detector)
+        type(self).check_arguments({}, type(detector))
         if self.previous is not None:
             detector.set_regularizer(lambda images: self.distillation(detector, images))
         try:

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import torch
-from avalanche.benchmarks.utils import AvalancheDataset
-from avalanche.training.storage_policy import ExperienceBalancedBuffer
+from pydantic import PositiveInt
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from clad.records import Task
+from clad.records import Task, dataset_length
 from clad.registry import register_strategy
 from clad.strategies.base import DetectorFactory, Strategy, concat
+
+if TYPE_CHECKING:
+    from avalanche.training.storage_policy import ExperienceBalancedBuffer
+
+
+def balanced_buffer(mem_size: int) -> ExperienceBalancedBuffer:
+    """Avalanche's experience-balanced reservoir buffer of ``mem_size`` records (Avalanche is
+    imported here, when a strategy is built, not when configurations are checked)."""
+    from avalanche.training.storage_policy import ExperienceBalancedBuffer
+
+    return ExperienceBalancedBuffer(max_size=mem_size, adaptive_size=True)
 
 
 @register_strategy("replay")
@@ -28,13 +39,13 @@ class Replay(Strategy):
     Model selection uses task t's validation split.
     """
 
-    def __init__(self, make_detector: DetectorFactory, tasks: Sequence[Task], mem_size: int = 100):
+    def __init__(
+        self, make_detector: DetectorFactory, tasks: Sequence[Task], mem_size: PositiveInt = 100
+    ) -> None:
         super().__init__(make_detector)
-        if mem_size < 1:
-            raise ValueError(f"strategy.mem_size must be >= 1, got {mem_size}")
         self.tasks = tasks
         self.mem_size = mem_size
-        self.buffer = ExperienceBalancedBuffer(max_size=mem_size, adaptive_size=True)
+        self.buffer = balanced_buffer(mem_size)
 
     def memory_indices(self) -> dict[int, list[int]]:
         """Task id -> indices into that task's training set held in memory."""
@@ -54,8 +65,11 @@ class Replay(Strategy):
         train = task.train if memory is None else concat([task.train, memory])
         self._current().fit(train, task.val)
         records = TensorDataset(
-            torch.full((len(task.train),), task.task_id), torch.arange(len(task.train))
+            torch.full((dataset_length(task.train),), task.task_id),
+            torch.arange(dataset_length(task.train)),
         )
+        from avalanche.benchmarks.utils import AvalancheDataset
+
         experience = SimpleNamespace(dataset=AvalancheDataset([records]))
         self.buffer.post_adapt(None, experience)
 
@@ -78,10 +92,11 @@ class Replay(Strategy):
         return {**super().state_dict(), "groups": groups, "num_exps": self.buffer._num_exps}
 
     def load_state_dict(self, state: dict) -> None:
+        from avalanche.benchmarks.utils import AvalancheDataset
         from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
         super().load_state_dict(state)
-        self.buffer = ExperienceBalancedBuffer(max_size=self.mem_size, adaptive_size=True)
+        self.buffer = balanced_buffer(self.mem_size)
         self.buffer._num_exps = state["num_exps"]
         for g, saved in state["groups"].items():
             group = ReservoirSamplingBuffer(saved["max_size"])

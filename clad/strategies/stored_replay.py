@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import copy
 from abc import abstractmethod
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, PositiveInt
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.io import decode_jpeg, encode_jpeg
 
 from clad.errors import ConfigError
 from clad.models.base import Detector
@@ -28,6 +28,7 @@ from clad.strategies.base import (
     concat,
     copy_bytes,
     copy_state,
+    detector_name,
     restore_copy,
 )
 from clad.strategies.replay import Replay
@@ -118,15 +119,11 @@ class CompressedReplay(StoredReplay):
         self,
         make_detector: DetectorFactory,
         tasks: Sequence[Task],
-        mem_size: int = 100,
-        scale: float = 0.5,
-        jpeg_quality: int | None = None,
+        mem_size: PositiveInt = 100,
+        scale: Annotated[float, Field(gt=0, le=1)] = 0.5,
+        jpeg_quality: Annotated[int, Field(ge=1, le=100)] | None = None,
     ) -> None:
         super().__init__(make_detector, tasks, mem_size)
-        if not 0 < scale <= 1:
-            raise ValueError(f"strategy.scale must be in (0, 1], got {scale}")
-        if jpeg_quality is not None and not 1 <= jpeg_quality <= 100:
-            raise ValueError(f"strategy.jpeg_quality must be in 1..100, got {jpeg_quality}")
         channels = tasks[0].train[0][0].shape[0] if tasks else 3
         if jpeg_quality is not None and channels != 3:
             raise ConfigError(
@@ -143,10 +140,14 @@ class CompressedReplay(StoredReplay):
             images = F.interpolate(images, size=small, mode="bilinear", antialias=True)
         stored = [to_uint8(image) for image in images]  # each [C, h, w]
         if self.jpeg_quality is not None:
+            from torchvision.io import encode_jpeg  # torchvision loads torch._dynamo: lazily
+
             stored = [encode_jpeg(image, quality=self.jpeg_quality) for image in stored]
         return stored
 
     def restore(self, stored: list[Tensor], shape: tuple[int, ...]) -> Tensor:
+        from torchvision.io import decode_jpeg  # torchvision loads torch._dynamo: lazily
+
         images = [decode_jpeg(s) if self.jpeg_quality is not None else s for s in stored]
         batch = torch.stack(images).float() / 255.0  # [N, C, h, w]
         if tuple(batch.shape[1:]) != shape:
@@ -166,13 +167,23 @@ class LatentModel(Protocol):
     def sample_codes(self, n: int, generator: torch.Generator) -> Tensor: ...
 
 
-def latent_model(detector: Detector, strategy: str) -> LatentModel:
-    """``detector`` if it encodes and decodes; a ``ConfigError`` naming it otherwise."""
-    if not isinstance(detector, LatentModel):
+LATENT_METHODS = ("encode", "decode", "sample_codes")
+
+
+def check_latent_model(detector: type, strategy: str) -> None:
+    """A ``ConfigError`` naming ``detector`` (a class) unless it encodes, decodes and samples
+    codes (``LatentModel``)."""
+    if not all(callable(getattr(detector, name, None)) for name in LATENT_METHODS):
         raise ConfigError(
             f"strategy.name: {strategy!r} needs a detector with an encoder and a decoder "
-            f"(encode, decode, sample_codes: the vae); {detector.name!r} has none"
+            f"(encode, decode, sample_codes: the vae); {detector_name(detector)!r} has none"
         )
+
+
+def latent_model(detector: Detector, strategy: str) -> LatentModel:
+    """``detector`` if it encodes and decodes (``check_latent_model``)."""
+    check_latent_model(type(detector), strategy)
+    assert isinstance(detector, LatentModel)
     return detector
 
 
@@ -192,9 +203,13 @@ class LatentReplay(StoredReplay):
     """
 
     def __init__(
-        self, make_detector: DetectorFactory, tasks: Sequence[Task], mem_size: int = 100
+        self, make_detector: DetectorFactory, tasks: Sequence[Task], mem_size: PositiveInt = 100
     ) -> None:
         super().__init__(make_detector, tasks, mem_size)
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], detector: type) -> None:
+        check_latent_model(detector, cls.name)
 
     def learn(self, task: Task) -> None:
         latent_model(self._current(), self.name)
@@ -224,12 +239,14 @@ class GenerativeReplay(Strategy):
     memory.
     """
 
-    def __init__(self, make_detector: DetectorFactory, mem_size: int = 100) -> None:
+    def __init__(self, make_detector: DetectorFactory, mem_size: PositiveInt = 100) -> None:
         super().__init__(make_detector)
-        if mem_size < 1:
-            raise ValueError(f"strategy.mem_size must be >= 1, got {mem_size}")
         self.mem_size = mem_size
         self.generator: Detector | None = None
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any], detector: type) -> None:
+        check_latent_model(detector, cls.name)
 
     def generated(self) -> Dataset | None:
         """``mem_size`` images decoded from prior samples by the frozen copy (None before)."""
@@ -241,7 +258,8 @@ class GenerativeReplay(Strategy):
         return NormalImages(to_uint8(model.decode(codes).cpu()))
 
     def learn(self, task: Task) -> None:
-        detector = latent_model(self._current(), self.name)
+        detector = self._current()
+        latent_model(detector, self.name)  # refuses a detector that cannot encode and decode
         replayed = self.generated()
         train = task.train if replayed is None else concat([task.train, replayed])
         self._current().fit(train, task.val)

@@ -6,7 +6,7 @@ exclusions::
 
     {
       "name": "synthetic_small",
-      "base": "configurations/conv_ae_naive.json",
+      "base": "configurations/synthetic/conv_ae_naive.json",
       "axes": {"detector.name": ["conv_ae", "unet_ae"],
                "strategy.name": ["naive", "replay"],
                "seed": [0, 1]},

@@ -185,7 +185,9 @@ def expand(
         detector = str(data.get("detector", {}).get("name", "?"))
         strategy = str(data.get("strategy", {}).get("name", "?"))
         try:
-            config = validate_config(data, where).model_dump()
+            # the dataset and the device are checked where the cell runs (a Ray worker may
+            # hold data and GPUs that the driver does not)
+            config = validate_config(data, where, check_machine=False).model_dump()
             error = None
         except ConfigError as err:
             config, error = None, str(err).replace(f"{where}:", "", 1).strip()

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 from clad.errors import ConfigError
 from clad.sweep.cell import run_cell, write_error
@@ -130,7 +131,8 @@ def run_local(
                     flush=True,
                 )
                 running[process.sentinel] = (process, job, slot, time.perf_counter())
-            for sentinel in wait(list(running)):
+            # ``wait`` returns the ready ones of the objects it is given: here sentinels (ints)
+            for sentinel in cast(list[int], wait(list(running))):
                 process, job, slot, began = running.pop(sentinel)
                 process.join()
                 free.append(slot)

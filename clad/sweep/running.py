@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from clad.errors import ConfigError
 from clad.sweep.expansion import Cell, Sweep, describe
@@ -128,9 +129,12 @@ def record_invalid(sweep: Sweep) -> None:
                 f"# {cell.label}: the configuration does not validate\n"
                 f"{sweep.source} cell {describe(cell.axes)}:\n{cell.error}\n"
             )
-            atomic_write(
-                cell.folder(sweep.sweep_dir) / ERROR_FILE, lambda h, t=text: h.write(t.encode())
-            )
+            atomic_write(cell.folder(sweep.sweep_dir) / ERROR_FILE, _text_writer(text))
+
+
+def _text_writer(text: str) -> Callable[[IO[bytes]], object]:
+    """What ``atomic_write`` calls to write ``text`` (UTF-8)."""
+    return lambda handle: handle.write(text.encode())
 
 
 def run_sweep(

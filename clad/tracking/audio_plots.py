@@ -55,6 +55,7 @@ def spectrogram_curves(
         return []
     picks = [int(i) for i in np.flatnonzero(scored.labels == 1)[:count]]
     sections, domains = task.test_sections, task.test_domains
+    assert sections is not None and domains is not None  # set for every machine-sound task
     curves = None if scored.maps is None else scored.maps[:, 0]  # [N, frames]
     normal_mean = None
     if curves is not None and (scored.labels == 0).any():

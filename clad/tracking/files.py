@@ -28,7 +28,7 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``; the file
     gets the mode the umask gives new files (``mkstemp``'s own is 0600).
 

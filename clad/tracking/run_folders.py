@@ -1,12 +1,24 @@
-"""What run and sweep folders hold: the names of the files a sweep writes beside a run's outputs,
-and the state of a run read from its folder. Sweeps and the comparison report both read run
-folders through these functions."""
+"""Run and sweep folders: what they hold, and a run folder's lifecycle.
+
+A run folder (``<output>/<run_name>/seed_<n>/``) is taken by one process at a time
+(``run_lock``), refused when it already holds a run unless the run is resumed or overwritten,
+and on ``--overwrite`` its old entries are set aside (``.replaced/``) until the new run finishes
+(restored if it fails). Resuming starts from the newest checkpoint that loads. Sweeps and the
+comparison report read run folders through ``disk_state`` and the file names here.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from clad.errors import OutputError
+from clad.tracking import files
 
 ERROR_FILE = "error.txt"  # why a run failed (a sweep writes it)
 LOG_FILE = "log.txt"  # a sweep cell's console output
@@ -54,3 +66,163 @@ def _error_headline(lines: list[str]) -> str:
     """The most telling line of an error file: the last non-traceback line, else the first."""
     body = [line for line in lines if line and not line.startswith((" ", "Traceback", "#"))]
     return body[-1][:300] if body else (lines[0][:300] if lines else "failed")
+
+
+RUN_FILES = ("config.json", "metrics.json", "checkpoints", FINISHED)
+"""Entries that make a folder hold a run."""
+KEPT = (".lock", LOG_FILE)  # a sweep's lock and log stay where they are on --overwrite
+REPLACED = ".replaced"
+FAILED = ".failed"
+
+
+class RunExistsError(RuntimeError):
+    """The output folder already holds a run and neither resume nor overwrite was asked, another
+    process runs it, or ``--resume`` was given settings that change the results."""
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``.<folder name>.lock`` beside the run folder, taken before
+    anything in it is read or changed; held until the run ends. The kernel releases it when the
+    process dies, so a killed run's lock is never stale."""
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    path = folder.parent / f".{folder.name}.lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise RunExistsError(
+                f"{folder} is being run now by {owner}; wait for it to end (one run per folder)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class RunFolder:
+    """One run's folder and its lifecycle (module docstring); every method expects the
+    caller to hold ``run_lock(path)``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def checkpoints(self) -> list[Path]:
+        """``checkpoints/task_<t>.pt`` files, by task."""
+        return sorted(
+            (self.path / "checkpoints").glob("task_*.pt"), key=lambda p: int(p.stem.split("_")[1])
+        )
+
+    def saved_text(self) -> str:
+        """What the run has kept on disk so far, for the line printed when it is stopped."""
+        checkpoints = self.checkpoints()
+        if not checkpoints:
+            return f"no task finished yet in {self.path}"
+        last = max(int(p.stem.split("_")[1]) for p in checkpoints)
+        return f"tasks 0..{last} are saved in {self.path}"
+
+    def holds_a_run(self) -> bool:
+        return any((self.path / name).exists() for name in RUN_FILES)
+
+    def check(self, resume: bool, overwrite: bool) -> None:
+        """Refuse a file in the folder's place, and a folder that holds a run unless it is
+        resumed or overwritten."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunExistsError(f"{self.path} is a file, not a run folder")
+        if self.holds_a_run() and not (resume or overwrite):
+            raise RunExistsError(
+                f"{self.path} already holds a run; pass --resume to continue it or --overwrite "
+                "to start it again"
+            )
+
+    def saved_config(self) -> dict | None:
+        """The saved ``config.json``, or None when there is none."""
+        saved = self.path / "config.json"
+        return files.read_json(saved) if saved.is_file() else None
+
+    def check_writable(self) -> None:
+        """The folder can be made and written (a probe file), before any training."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write_probe_{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise OutputError(
+                f"{self.path}: cannot write the run's outputs there ({err.strerror or err}); "
+                "choose another output folder (--output) or fix its permissions"
+            ) from None
+
+    def set_aside(self) -> Path | None:
+        """Move the old run's entries into ``.replaced/`` (``--overwrite``; restored if the
+        new run fails, deleted when it finishes); a sweep's ``log.txt`` and lock stay. None
+        when the folder holds no run."""
+        if not self.holds_a_run():
+            return None
+        aside = self.path / REPLACED
+        if aside.exists():
+            shutil.rmtree(aside)
+        aside.mkdir()
+        for entry in self.path.iterdir():
+            if entry.name not in KEPT and entry.name != REPLACED:
+                entry.rename(aside / entry.name)
+        return aside
+
+    def restore(self, aside: Path) -> None:
+        """A failed ``--overwrite`` run: its partial outputs go to ``.failed/``, the old run
+        comes back."""
+        failed = self.path / FAILED
+        if failed.exists():
+            shutil.rmtree(failed)
+        failed.mkdir()
+        for entry in self.path.iterdir():
+            if entry.name not in (*KEPT, REPLACED, FAILED):
+                entry.rename(failed / entry.name)
+        for entry in aside.iterdir():
+            entry.rename(self.path / entry.name)
+        aside.rmdir()
+        print(
+            f"[clad] the new run failed: the previous run in {self.path} is restored (the "
+            f"failed attempt's outputs are in {failed})"
+        )
+
+    def clean_temporary_files(self) -> None:
+        """Leftovers of writes cut short (``.<name>.<random>.tmp``)."""
+        for path in self.path.rglob(".*.tmp"):
+            path.unlink(missing_ok=True)
+
+    def last_good_checkpoint(self) -> tuple[dict, Path] | None:
+        """The newest checkpoint that loads (``files.load_checkpoint``). One without its
+        checksum file was never completely written and does not count (a line says so); a
+        damaged or foreign one is skipped with a line naming it. None when none counts; an
+        error naming them when every one that counts is unusable."""
+        counted = []
+        for path in self.checkpoints():
+            if files.checksum_path(path).is_file():
+                counted.append(path)
+            else:
+                print(
+                    f"[clad] ignoring {path}: its checksum was never written (interrupted "
+                    "while saving)"
+                )
+        problems = []
+        for path in reversed(counted):
+            try:
+                return files.load_checkpoint(path), path
+            except files.CheckpointError as err:
+                print(f"[clad] skipping checkpoint: {err}")
+                problems.append(str(err))
+        if not counted:
+            return None
+        raise files.CheckpointError(
+            f"{self.path}: no usable checkpoint to resume from ({'; '.join(problems)}); start "
+            "the run again with --overwrite"
+        )

@@ -27,7 +27,6 @@ from typing import Protocol
 import kornia
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.functional as TF
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -69,6 +68,8 @@ def _existing_folder(path: str | Path, what: str) -> Path:
 @lru_cache(maxsize=512)
 def _load_resized(path: Path, size: int) -> Tensor:
     """uint8 [3, size, size]: the image squashed to a square (bilinear with antialiasing)."""
+    import torchvision.transforms.functional as TF  # torchvision loads torch._dynamo: lazily
+
     image = decode(path, "RGB")  # [3, H, W] uint8
     return TF.resize(image, [size, size], antialias=True)
 
@@ -112,7 +113,8 @@ class FolderTextures:
 def _grid(size: int) -> tuple[Tensor, Tensor]:
     """Pixel-centre coordinates in [0, 1): (y, x), each [S, S]."""
     axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size
-    return torch.meshgrid(axis, axis, indexing="ij")
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    return y, x
 
 
 def _colours(generator: torch.Generator, count: int) -> Tensor:
@@ -319,8 +321,10 @@ class PenaltyImages(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> Tensor:
-        size = self.image_size
-        size = [size, size] if isinstance(size, int) else list(size)
+        import torchvision.transforms.functional as TF  # torchvision loads torch._dynamo: lazily
+
+        side = self.image_size
+        size = [side, side] if isinstance(side, int) else list(side)
         image = decode(self.files[index], "RGB")  # [3, H, W] uint8
         # the reference code's pipeline: resize to twice the size, then the central crop
         image = TF.resize(image, [2 * size[0], 2 * size[1]], antialias=True)

@@ -85,6 +85,21 @@ def stride_layers(backbone: str, strides: Sequence[int]) -> tuple[str, ...]:
     return tuple(found)
 
 
+def check_layers(backbone: str, layers: Sequence[str] | None) -> None:
+    """Fail naming the backbone and the layers it does not have (None: the default layers)."""
+    known = LAYERS.get(backbone)
+    if known is None:
+        raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
+    if layers is None:
+        return
+    unknown = [layer for layer in layers if layer not in known]
+    if unknown or not layers:
+        raise ValueError(
+            f"layers: backbone {backbone} has no layers {unknown or '(none given)'}; "
+            f"known: {', '.join(known)}"
+        )
+
+
 def pyramid_layers(
     backbone: str, layers: Sequence[str] | None, strides: Sequence[int] = PYRAMID_STRIDES
 ) -> tuple[str, ...]:
@@ -250,6 +265,9 @@ def build_network(name: str, weights: str) -> nn.Module:
 def _stages(name: str, network: nn.Module) -> list[tuple[str, nn.Module]]:
     """The network as an ordered list of (name, module) stages up to its last block."""
     if name == "efficientnet_lite0":
+        from timm.models.efficientnet import EfficientNet
+
+        assert isinstance(network, EfficientNet)  # built by ``_efficientnet_lite0``
         head = [("conv_stem", network.conv_stem), ("bn1", network.bn1)]
         blocks = [(f"blocks.{i}", block) for i, block in enumerate(network.blocks)]
         return head + blocks + [("head", nn.Sequential(network.conv_head, network.bn2))]
@@ -268,18 +286,14 @@ class FeatureExtractor(nn.Module):
     ``forward(x [B, 3, H, W] in [0, 1])`` returns one map per layer, ``[B, C_l, H/s_l, W/s_l]``.
     """
 
+    mean: Tensor  # buffers [1, 3, 1, 1]: the backbone's input normalisation
+    std: Tensor
+
     def __init__(self, backbone: str, layers: Sequence[str], weights: str = "imagenet") -> None:
         super().__init__()
         self.instance = next(INSTANCES)  # see ``identity``
-        known = LAYERS.get(backbone)
-        if known is None:
-            raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
-        unknown = [layer for layer in layers if layer not in known]
-        if unknown or not layers:
-            raise ValueError(
-                f"backbone {backbone}: unknown layers {unknown or '(none given)'}; "
-                f"known: {', '.join(known)}"
-            )
+        check_layers(backbone, layers)
+        known = LAYERS[backbone]
         self.backbone = backbone
         self.weights = weights
         self.layers = tuple(layers)

@@ -285,6 +285,7 @@ class _Layout:
         largest count in a group of blocks) and one batched matrix product gives the distances.
         """
         blocks = self.blocks
+        assert blocks is not None  # built by ``build_blocks`` before any update
         size = self.block_size
         n_blocks = blocks["max"].shape[0]
         centres = self.coords[slots]  # [s, d]

@@ -175,12 +175,6 @@ def synthesize_anomalies(
     return augmented, masks
 
 
-def check_score_window(window: int, owner: str) -> None:
-    """The image score's mean filter needs a positive odd side."""
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"{owner}: score_window must be a positive odd number, got {window}")
-
-
 def window_max(maps: Tensor, window: int) -> Tensor:
     """Image scores [B]: the maximum of the maps [B, H, W] mean-filtered over a
     ``window`` x ``window`` square (DRAEM's image score)."""

@@ -1,58 +1,49 @@
-"""2D normalizing-flow blocks built with FrEIA (Ardizzone et al., "Framework for Easily
-Invertible Architectures", https://github.com/vislearn/FrEIA), shared by FastFlow and AST.
+"""2D normalizing flows for FastFlow and AST, built with FrEIA (Ardizzone et al., "Framework for
+Easily Invertible Architectures", https://github.com/vislearn/FrEIA): FrEIA's ``AllInOneBlock``
+sequences (``flow_2d``, FastFlow) and AST's conditional affine couplings with fixed permutations
+(``conditional_flow``; the coupling modules are in ``clad.models.components.couplings``).
+
+FrEIA (and SciPy with it) is imported when a flow is built, not when a detector module is: so a
+configuration naming a flow detector is checked without loading it.
 
 A flow maps a feature map ``x`` [B, C, h, w] to ``z`` of the same shape together with
 ``log|det dz/dx|`` [B]. Under a standard-normal prior on ``z`` the negative log-likelihood is
 
     -log p(x) = 0.5 * sum(z^2) - log|det dz/dx| + 0.5 * C h w log(2 pi),
 
-and the constant term is dropped everywhere here. Each step is FrEIA's ``AllInOneBlock``: an
-affine coupling whose subnetwork sees half the channels (plus condition channels, if any),
-soft-clamped log-scales ``clamp * tanh(s)``, an ActNorm-like global affine and a fixed random
-channel permutation.
+and the constant term is dropped everywhere here. Each step of ``flow_2d`` is FrEIA's
+``AllInOneBlock``: an affine coupling whose subnetwork sees half the channels (plus condition
+channels, if any), soft-clamped log-scales ``clamp * tanh(s)``, an ActNorm-like global affine
+and a fixed random channel permutation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
-import FrEIA.framework as ff
-import FrEIA.modules as fm
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+if TYPE_CHECKING:
+    import FrEIA.framework as ff
 
 
-def conv_subnet(kernel_size: int, hidden_ratio: float) -> Callable[[int, int], nn.Module]:
-    """A coupling subnetwork constructor: conv(k) -> ReLU -> conv(k), ``hidden_ratio`` * in wide.
-
-    FrEIA calls the result as ``f(channels_in, channels_out)``; padding keeps h and w.
-    """
-
-    def build(channels_in: int, channels_out: int) -> nn.Module:
-        hidden = max(1, int(channels_in * hidden_ratio))
-        return nn.Sequential(
-            nn.Conv2d(channels_in, hidden, kernel_size, padding=kernel_size // 2),
-            nn.ReLU(),
-            nn.Conv2d(hidden, channels_out, kernel_size, padding=kernel_size // 2),
-        )
-
-    return build
-
-
-class _TorchSeededNumpy:
-    """Seed NumPy's global RNG from torch's for the block, then restore NumPy's state.
-
-    FrEIA draws its channel permutations from ``np.random``; this makes them follow
-    ``torch.manual_seed`` and leaves NumPy's global stream as it was.
-    """
-
-    def __enter__(self) -> None:
-        self.saved = np.random.get_state()
+@contextlib.contextmanager
+def numpy_state_kept(seed_from_torch: bool) -> Iterator[None]:
+    """Restore NumPy's global RNG state after the block, so that building a flow leaves it as
+    it was. FrEIA draws channel permutations from ``np.random``: with ``seed_from_torch`` the
+    block first seeds NumPy from torch's RNG, so the permutations follow ``torch.manual_seed``
+    (``PermuteRandom(seed=k)`` seeds NumPy itself)."""
+    saved = np.random.get_state()
+    if seed_from_torch:
         np.random.seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
-
-    def __exit__(self, *exc: object) -> None:
-        np.random.set_state(self.saved)
+    try:
+        yield
+    finally:
+        np.random.set_state(saved)
 
 
 def flow_2d(
@@ -75,8 +66,13 @@ def flow_2d(
     """
     if steps < 1:
         raise ValueError(f"a flow needs at least one step, got {steps}")
+    import FrEIA.framework as ff
+    import FrEIA.modules as fm
+
+    from clad.models.components.couplings import conv_subnet
+
     flow = ff.SequenceINN(channels, 1, 1)
-    with _TorchSeededNumpy():
+    with numpy_state_kept(seed_from_torch=True):
         for step in range(steps):
             kernel = kernel_sizes[step % len(kernel_sizes)]
             flow.append(
@@ -86,6 +82,32 @@ def flow_2d(
                 subnet_constructor=conv_subnet(kernel, hidden_ratio),
                 affine_clamping=clamp,
                 permute_soft=False,
+            )
+    return flow
+
+
+def conditional_flow(
+    channels: int, condition_channels: int, kernel_sizes: Sequence[int], hidden: int, clamp: float
+) -> ff.SequenceINN:
+    """One (fixed permutation, coupling) pair per entry of ``kernel_sizes``; block ``k``'s
+    permutation is drawn with seed ``k``, as in the official code. Declared on [C, 1, 1]: the
+    blocks work at any h and w."""
+    import FrEIA.framework as ff
+    import FrEIA.modules as fm
+
+    from clad.models.components.couplings import ConditionalAffineCoupling
+
+    flow = ff.SequenceINN(channels, 1, 1)
+    with numpy_state_kept(seed_from_torch=False):  # PermuteRandom(seed=k) reseeds NumPy
+        for k, kernel in enumerate(kernel_sizes):
+            flow.append(fm.PermuteRandom, seed=k)
+            flow.append(
+                ConditionalAffineCoupling,
+                cond=0,
+                cond_shape=(condition_channels, 1, 1),
+                hidden=hidden,
+                kernel_size=kernel,
+                clamp=clamp,
             )
     return flow
 

@@ -44,6 +44,7 @@ class Accumulator:
             positions, channels = self.shift.shape
             self.total = x.new_zeros(positions, channels)
             self.scatter = x.new_zeros(positions, channels, channels)
+        assert self.total is not None and self.scatter is not None  # set with ``shift``
         y = x - self.shift  # [B, P, D]
         self.count += y.shape[0]
         self.total += y.sum(0)
@@ -54,6 +55,7 @@ class Accumulator:
         """``count``, ``total`` [P, D] and ``outer`` [P, D, D] in float64."""
         if self.shift is None:
             raise ValueError("no samples: nothing accumulated")
+        assert self.total is not None and self.scatter is not None  # set with ``shift``
         c, t = self.shift.double(), self.total.double()
         outer = self.scatter.double()
         outer.baddbmm_(t[:, :, None], c[:, None, :]).baddbmm_(c[:, :, None], t[:, None, :])

@@ -5,8 +5,8 @@ forward passes (frozen backbones included) under ``torch.autocast`` in that type
 scales the gradients, with one ``GradScaler`` per optimiser so that every optimiser step has its
 own ``update`` (bf16 needs no scaling: its exponent range is float32's). On the CPU everything is
 float32 whatever the setting. Each detector names the precision it needs
-(``TrainedDetector.default_precision``; flows and the WGAN-GP critic need float32), and
-``training.precision`` overrides it.
+(the ``precision`` of its ``training_defaults``; flows and the WGAN-GP critic need float32),
+and ``training.precision`` overrides it.
 """
 
 from __future__ import annotations

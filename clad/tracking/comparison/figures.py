@@ -97,6 +97,7 @@ def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
         best = [r for r in finished if r.detector == detector and r.best]
         for row in best:
             matrix = row.mean_matrix("image_auroc")
+            assert matrix is not None  # a finished row has records
             title = (
                 f"{detector}: {row.strategy}, highest test image AUROC (descriptive; mean of "
                 f"{len(row.records)} seeds)"
@@ -114,9 +115,9 @@ def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
         size = row.values("cost/total_mb")  # [S]: trainable + pretrained + memory
         size_mean = float(np.nanmean(size)) if size.size else math.nan
         marker = markers[detectors.index(row.detector) % len(markers)]
-        for ax, x in zip(axes, (time_stat[0], size_mean)):
+        for ax, position in zip(axes, (time_stat[0], size_mean)):
             ax.errorbar(
-                x,
+                position,
                 quality[0],
                 yerr=np.nan_to_num(quality[1]),
                 fmt=marker,
@@ -126,7 +127,7 @@ def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
             )
             ax.annotate(
                 f"{row.detector}/{row.strategy}",
-                (x, quality[0]),
+                (position, quality[0]),
                 fontsize=6,
                 xytext=(4, 4),
                 textcoords="offset points",

@@ -1,0 +1,171 @@
+"""CLAD's own run files for the VAE with latent replay and the student-teacher detector run
+through ``main.py`` (on the synthetic set, with ``--set`` overrides of the data and, for speed,
+of the size and epochs). The files below keep the keys of CLAD's
+``configurations/vae/test_vae_latent_replay.json``, ``configurations/models/vae.json`` and
+``configurations/test_st_ideal_replay.json``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from clad.config import load_config
+from tests.paths import REPO
+
+ROOT = REPO
+
+VAE_MODEL = {  # CLAD's configurations/models/vae.json (the keys of its run part)
+    "channels": 3,
+    "img_size": 256,
+    "crp_size": 256,
+    "num_tasks": 10,
+    "latent_dim": 256,
+    "num_epochs": 50,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "b1": 0.5,
+    "b2": 0.999,
+    "criterion_type": "elbo",
+    "beta": 1,
+    "task_order": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    "early_stopping": True,
+    "lr_scheduler": True,
+}
+VAE_LATENT_REPLAY = {  # CLAD's configurations/vae/test_vae_latent_replay.json
+    "architecture": "vae",
+    "trainer": "vae",
+    "mem_size": 48000,
+    "tags": [""],
+    "anomaly_detection_task": True,
+    "anomaly_detection_task_with_metrics": False,
+    "produce_visual_debug": False,
+    "save_embedding": False,
+    "new_memory": True,
+    "sample_strategy": "latent_replay",
+    "device_id": 0,
+    "num_epochs": 50,
+    "batch_size": 32,
+    "latent_dim": 256,
+    "early_stopping": False,
+    "lr_scheduler": False,
+    "test_only_seen_tasks": False,
+    "use_train_as_test": False,
+    "test_all_dataset_together": False,
+}
+ST_IDEAL_REPLAY = {  # CLAD's configurations/test_st_ideal_replay.json
+    "architecture": "st",
+    "trainer": "st",
+    "mem_size": 300,
+    "anomaly_detection_task": True,
+    "anomaly_detection_task_with_metrics": True,
+    "produce_visual_debug": False,
+    "save_embedding": False,
+    "new_memory": True,
+    "sample_strategy": "multi_task",
+    "device_id": 2,
+    "num_epochs": 50,
+    "batch_size": 1,
+    "early_stopping": True,
+    "img_size": 256,
+    "crp_size": 256,
+    "lr": 1e-4,
+    "beta": 1,
+    "patience": 7,
+    "test_only_seen_tasks": False,
+    "use_train_as_test": False,
+    "test_all_dataset_together": False,
+    "pretrain_penalty": True,
+    "imagenet_train_path": "tiny-imagenet-200/train",
+    "st": True,
+}
+
+
+def clad_tree(tmp_path: Path) -> Path:
+    """CLAD's layout: configurations/models/vae.json, configurations/vae/<run>.json."""
+    top = tmp_path / "configurations"
+    (top / "models").mkdir(parents=True)
+    (top / "vae").mkdir()
+    (top / "models" / "vae.json").write_text(json.dumps(VAE_MODEL))
+    (top / "vae" / "test_vae_latent_replay.json").write_text(json.dumps(VAE_LATENT_REPLAY))
+    (top / "test_st_ideal_replay.json").write_text(json.dumps(ST_IDEAL_REPLAY))
+    return top
+
+
+def test_clad_vae_and_st_files_translate(tmp_path):
+    top = clad_tree(tmp_path)
+    vae = load_config(top / "vae" / "test_vae_latent_replay.json", check_machine=False)
+    assert vae.detector["name"] == "vae" and vae.detector["latent_dim"] == 256
+    assert vae.detector["beta"] == 1 and vae.detector["adam_betas"] == [0.5, 0.999]
+    assert vae.strategy == {"name": "latent_replay", "mem_size": 48000}
+    assert vae.dataset.image_size == 256  # from models/vae.json one folder up
+    assert vae.training.epochs == 50 and vae.training.patience == 0
+    st = load_config(top / "test_st_ideal_replay.json", check_machine=False)
+    assert st.detector["name"] == "st"
+    assert st.strategy == {"name": "multi_task"}
+    assert st.training.lr == 1e-4 and st.training.batch_size == 1
+
+
+def run_main(path: Path, synthetic_root: Path, out: Path, *extra: str) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "main.py",
+            "--parameters_path",
+            str(path),
+            "--seed",
+            "0",
+            "--output",
+            str(out),
+            "--set",
+            f"dataset.root={synthetic_root}",
+            "--set",
+            "dataset.categories=[stripes,disc]",
+            "--set",
+            "dataset.image_size=32",
+            "--set",
+            "training.epochs=1",
+            "--set",
+            "wandb.enabled=false",
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_clad_vae_latent_replay_file_runs(tmp_path, synthetic_root):
+    top = clad_tree(tmp_path)
+    out = tmp_path / "out"
+    run_main(top / "vae" / "test_vae_latent_replay.json", synthetic_root, out)
+    record = json.loads((out / "vae_latent_replay" / "seed_0" / "metrics.json").read_text())
+    assert record["tasks"] == ["stripes", "disc"] and record["completed_tasks"] == 2
+    assert record["strategy"] == "latent_replay"
+    # the memory is the latent codes, 256 float32 per memorised image: after the first task
+    # every training image of stripes (48000 exceeds the set)
+    codes = record["costs"]["memory_mb"][0] * 2**20 / (256 * 4)
+    assert round(codes) >= 8 and abs(codes - round(codes)) < 1e-3
+
+
+def test_clad_st_file_runs(tmp_path, synthetic_root):
+    top = clad_tree(tmp_path)
+    out = tmp_path / "out"
+    result = run_main(
+        top / "test_st_ideal_replay.json",
+        synthetic_root,
+        out,
+        "--set",
+        "training.batch_size=8",
+        "--set",
+        "detector.weights=none",
+        "--set",
+        "detector.distill_steps=2",
+    )
+    record = json.loads((out / "st_multi_task" / "seed_0" / "metrics.json").read_text())
+    assert record["completed_tasks"] == 2 and record["detector"] == "st"
+    assert "penalty is off" in result.stderr  # CLAD's tiny-imagenet-200/train is not here

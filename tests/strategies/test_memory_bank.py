@@ -1,0 +1,131 @@
+"""The ``cl`` strategy: budgets after every task, routing, pooled PaDiM, resume, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import ConcatDataset, TensorDataset
+
+from clad.errors import ConfigError
+from clad.models.base import training_for
+from clad.models.components.gaussian import gaussian
+from clad.models.padim import Padim
+from clad.models.patchcore import PatchCore
+from clad.records import Task
+from clad.strategies.memory_bank import ContinualMemoryBank
+from tests.fakes import RecordingDetector
+
+SIZE = 32
+
+
+def images(n: int, seed: int, level: float) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = (level + 0.03 * torch.randn(n, 3, SIZE, SIZE, generator=g)).clamp(0, 1)
+    return TensorDataset(x, torch.zeros(n, 1, SIZE, SIZE), torch.zeros(n).long())
+
+
+def tasks(levels: list[float], n: int = 4) -> list[Task]:
+    return [
+        Task(
+            task_id=t,
+            name=f"t{t}",
+            train=images(n, t, lv),
+            val=images(2, 50 + t, lv),
+            test=images(2, 100 + t, lv),
+        )
+        for t, lv in enumerate(levels)
+    ]
+
+
+def patchcore() -> PatchCore:
+    return PatchCore(
+        backbone="resnet18",
+        weights="none",
+        coreset_ratio=0.5,
+        training=training_for(PatchCore, device="cpu", batch_size=4),
+    )
+
+
+def padim() -> Padim:
+    return Padim(
+        backbone="resnet18",
+        weights="none",
+        n_features=16,
+        training=training_for(Padim, device="cpu", batch_size=4),
+    )
+
+
+@pytest.mark.parametrize("variant", ["single_bank", "per_task"])
+def test_budget_holds_after_every_task(variant):
+    torch.manual_seed(0)
+    strategy = ContinualMemoryBank(patchcore, mem_size_cl=20, variant=variant)
+    for task in tasks([0.2, 0.4, 0.6, 0.8]):
+        strategy.learn(task)
+        assert 0 < strategy.memory_items() <= 20
+        scores = strategy.predict(task.test[:][0], None)
+        assert torch.isfinite(scores.image).all() and scores.pixel.shape == (2, SIZE, SIZE)
+    assert strategy.cost_bytes()["memory"] == strategy.memory_items() * (128 + 256) * 4
+    held = strategy.memory_bytes()  # what the strategy holds beside the detector
+    assert held == (0 if variant == "single_bank" else strategy.cost_bytes()["memory"])
+
+
+def test_single_bank_keeps_every_task_represented():
+    torch.manual_seed(0)
+    strategy = ContinualMemoryBank(patchcore, mem_size_cl=30)
+    for task in tasks([0.1, 0.9]):
+        strategy.learn(task)
+    detector = strategy.detector
+    for level, seed in ((0.1, 7), (0.9, 8)):
+        x = images(2, seed, level)[:][0]
+        _, route = detector.score(detector.embed(x), detector._prepared, x.shape[-2:])
+        assert float(route.max()) < 50  # both tasks' patches have near neighbours in the bank
+
+
+def test_per_task_routing_picks_the_right_bank():
+    torch.manual_seed(0)
+    strategy = ContinualMemoryBank(patchcore, mem_size_cl=60, variant="per_task")
+    levels = [0.1, 0.5, 0.9]
+    for task in tasks(levels):
+        strategy.learn(task)
+    for t, level in enumerate(levels):
+        _, chosen = strategy.route(images(3, 200 + t, level)[:][0])
+        assert chosen.tolist() == [t, t, t]
+
+
+def test_pooled_padim_equals_joint_fit():
+    torch.manual_seed(0)
+    strategy = ContinualMemoryBank(padim)
+    stream = tasks([0.3, 0.7], n=5)
+    for task in stream:
+        strategy.learn(task)
+    joint = strategy.detector.build_memory(ConcatDataset([t.train for t in stream]))
+    mean_s, cov_s = gaussian(strategy.detector.memory, 0.01)
+    mean_j, cov_j = gaussian(joint, 0.01)
+    # exact sums; the features themselves differ in float32 rounding with the batch split
+    torch.testing.assert_close(mean_s.cpu(), mean_j.cpu(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cov_s.cpu(), cov_j.cpu(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["single_bank", "per_task"])
+def test_state_round_trip_resumes(variant, tmp_path):
+    torch.manual_seed(0)
+    strategy = ContinualMemoryBank(patchcore, mem_size_cl=25, variant=variant)
+    stream = tasks([0.2, 0.8])
+    strategy.learn(stream[0])
+    path = tmp_path / "cl.pt"
+    torch.save(strategy.state_dict(), path)
+    x = stream[1].test[:][0]
+    before = strategy.predict(x, None)
+    torch.manual_seed(99)
+    restored = ContinualMemoryBank(patchcore, mem_size_cl=25, variant=variant)
+    restored.load_state_dict(torch.load(path, weights_only=False))
+    after = restored.predict(x, None)
+    torch.testing.assert_close(before.image, after.image)
+    torch.testing.assert_close(before.pixel, after.pixel)
+
+
+def test_rejects_detectors_without_memory():
+    with pytest.raises(ConfigError, match="'cl' works with memory-bank detectors.*'recording'"):
+        ContinualMemoryBank(RecordingDetector)
+    with pytest.raises(ConfigError, match="'cl' works with memory-bank detectors.*'recording'"):
+        ContinualMemoryBank.check_arguments({}, RecordingDetector)  # what a config load runs

@@ -24,6 +24,15 @@ def pytest_configure(config):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def clad_cache_dir(tmp_path_factory) -> Path:
+    """clad's user cache (audio features without a ``cache_dir``) in a temporary folder, for
+    this process and the runs it starts: the suite never writes to ``~/.cache``."""
+    folder = tmp_path_factory.mktemp("clad_cache")
+    os.environ["CLAD_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     from clad.benchmarks.synthetic import generate_dataset

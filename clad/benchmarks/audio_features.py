@@ -18,7 +18,9 @@ The log-mel follows the DCASE Task 2 baseline and AEGAN-AD, which both call
 Features are stored as float16 dB in ``<cache_dir>/<name>-<key>.npy``, where the key hashes the
 feature parameters and the file list (absolute path, size and modification time of every clip):
 any change to either gives a new file. Files are written to a temporary name and renamed, so a
-killed extraction never leaves a half file under the final name.
+killed extraction never leaves a half file under the final name. Without a ``cache_dir`` the
+features go to the user's cache (``default_cache_dir``), never into the dataset, which may be
+read-only or shared.
 """
 
 from __future__ import annotations
@@ -170,6 +172,24 @@ def fit_frames(spec: np.ndarray, frames: int) -> np.ndarray:
     return np.pad(spec, ((0, 0), (0, frames - count)), mode="wrap")
 
 
+def user_cache_dir() -> Path:
+    """clad's cache folder: ``$CLAD_CACHE_DIR``, else ``$XDG_CACHE_HOME/clad``, else
+    ``~/.cache/clad``."""
+    if os.environ.get("CLAD_CACHE_DIR"):
+        return Path(os.environ["CLAD_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "clad"
+
+
+def default_cache_dir(root: Path) -> Path:
+    """Where a dataset's features go when ``dataset.audio.cache_dir`` is null:
+    ``<user_cache_dir>/audio_features/<root name>-<hash of the resolved root>``, one folder per
+    dataset root (two roots never share one), outside the dataset."""
+    resolved = Path(root).expanduser().resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    return user_cache_dir() / "audio_features" / f"{resolved.name or 'root'}-{digest}"
+
+
 def cache_key(paths: Sequence[Path], params: LogMelParams) -> str:
     """SHA-256 (hex) of the feature parameters and, per clip, its absolute path, size and mtime."""
     digest = hashlib.sha256()
@@ -198,7 +218,8 @@ def extract_features(
         float16 [N, n_mels, frames] in dB, memory-mapped read-only from the cache file.
 
     Raises:
-        DatasetError: naming the file when a clip cannot be read.
+        DatasetError: naming the file when a clip cannot be read, or the cache folder when it
+            cannot be written (with the setting that moves it).
     """
     if len(paths) == 0:
         raise DatasetError(f"{name}: no audio clips to extract features from")
@@ -212,8 +233,14 @@ def extract_features(
                 return cached
         except (OSError, ValueError):
             pass  # unreadable cache file: compute it again
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as err:
+        raise DatasetError(
+            f"{cache_dir}: cannot write the audio feature cache there ({err.strerror or err}); "
+            "set dataset.audio.cache_dir (or CLAD_CACHE_DIR) to a writable folder"
+        ) from None
     os.close(fd)
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)

@@ -12,10 +12,11 @@ A file name gives the clip's label (``normal``/``anomaly``), its section (``id_0
 test files whose names carry no label are refused: no metric can be computed from them.
 
 Each machine type is one task. Its clips become log-mel spectrograms (``audio_features``, cached on
-disk), scaled from dB to [0, 1] by one affine map for the whole stream: ``dataset.audio.db_range``
-when given, else the minimum and maximum dB over the *first* task's training clips (as AEGAN-AD
-scales by its training set's range, but fitted once, before any task is learnt, and never on test
-clips), clipped to [0, 1]. Dataset items follow the image contract: ``(features [3, n_mels, frames]
+disk: ``dataset.audio.cache_dir``, else the user's cache, never the dataset root), scaled from dB
+to [0, 1] by one affine map for the whole stream: ``dataset.audio.db_range`` when given, else the
+minimum and maximum dB over the *first* task's training clips (as AEGAN-AD scales by its training
+set's range, but fitted once, before any task is learnt, and never on test clips), clipped to
+[0, 1]. Dataset items follow the image contract: ``(features [3, n_mels, frames]
 float32 in [0, 1], mask [1, n_mels, frames] zeros, label)``: the spectrogram is repeated on three
 channels so that every image detector (the autoencoders included) runs on it unchanged; AEGAN-AD
 reads one channel. Test datasets carry each clip's ``section`` and ``domain`` as Avalanche data
@@ -35,7 +36,7 @@ from avalanche.benchmarks.utils import AvalancheDataset
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from clad.benchmarks.audio_features import LogMelParams, extract_features
+from clad.benchmarks.audio_features import LogMelParams, default_cache_dir, extract_features
 from clad.benchmarks.mvtec import list_folders
 from clad.benchmarks.validation import split_validation
 from clad.errors import DatasetError
@@ -253,7 +254,7 @@ def build_audio_tasks(config, seed: int) -> list[Task]:
             audio.sample_rate,
         )
     params = log_mel_params(audio)
-    cache_dir = Path(audio.cache_dir) if audio.cache_dir else root / ".clad_cache"
+    cache_dir = Path(audio.cache_dir) if audio.cache_dir else default_cache_dir(root)
     read = [read_machine(root, machine, layout) for machine in machines]  # check all first
     features = []
     for machine, (train, test) in zip(machines, read):

@@ -106,6 +106,31 @@ def read_xyz(path: Path) -> np.ndarray:
     return xyz
 
 
+def check_same_size(
+    xyz: np.ndarray, rgb_path: Path, xyz_file: Path, rgb_size: tuple[int, int] | None = None
+) -> None:
+    """A point map must have its image's height and width: resizing one to the other would
+    stretch depth against the image and its mask. ``rgb_size`` (H, W) when the image is
+    decoded already, else read from its header.
+
+    Raises:
+        DatasetError: naming both files and both sizes.
+    """
+    if rgb_size is None:
+        from PIL import Image
+
+        try:
+            with Image.open(rgb_path) as image:
+                rgb_size = (image.height, image.width)
+        except (OSError, ValueError) as err:
+            raise DatasetError(f"cannot read image {rgb_path}: {err}") from err
+    if tuple(xyz.shape[:2]) != rgb_size:
+        raise DatasetError(
+            f"point map {xyz_file} is {xyz.shape[0]}x{xyz.shape[1]} but its image {rgb_path} "
+            f"is {rgb_size[0]}x{rgb_size[1]} (height x width); they must match pixel for pixel"
+        )
+
+
 def fill_gaps(z: np.ndarray, passes: int = 3) -> np.ndarray:
     """Set missing points (0) that have valid 3x3 neighbours to the neighbours' mean, ``passes``
     times: [H, W] -> [H, W]."""
@@ -205,13 +230,15 @@ class RGBDDataset(Dataset):
 
     def _load(self, sample: Sample) -> tuple[Tensor, Tensor]:
         channels = []
+        rgb_size: tuple[int, int] | None = None
         if self.mode in ("rgb", "rgb+depth"):
             rgb = decode(sample.path, "RGB")  # [3, H, W] uint8
+            rgb_size = (int(rgb.shape[1]), int(rgb.shape[2]))
             channels.append(self._fit(rgb, InterpolationMode.BILINEAR).float() / 255.0)
         if self.mode in ("depth", "rgb+depth"):
-            height, foreground = depth_and_foreground(
-                read_xyz(xyz_path(sample)), self.n_fills, self.bg_thresh
-            )
+            xyz = read_xyz(xyz_path(sample))
+            check_same_size(xyz, sample.path, xyz_path(sample), rgb_size)
+            height, foreground = depth_and_foreground(xyz, self.n_fills, self.bg_thresh)
             height_t = torch.from_numpy(height / self.depth_scale)[None]  # [1, H, W]
             fg_t = torch.from_numpy(foreground.astype(np.float32))[None]  # [1, H, W]
             channels.append(self._fit(height_t, InterpolationMode.BILINEAR))

@@ -17,6 +17,7 @@ the defect instances (1, 2, 3, ... rather than 255), so every non-zero pixel cou
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from clad.errors import DatasetError
@@ -56,6 +57,20 @@ def read_split_file(root: Path) -> list[tuple[int, dict[str, str]]]:
     return rows
 
 
+def listed_path(root: Path, text: str, where: str, column: str) -> Path:
+    """``root / text`` for a path column of the split file, refused when it leads outside the
+    root (an absolute path elsewhere, or ``..``): the split file names the dataset's own
+    files."""
+    path = root / text
+    base = Path(os.path.abspath(root))
+    if not Path(os.path.abspath(base / text)).is_relative_to(base):
+        raise DatasetError(
+            f"{where}: {column} {text!r} is outside the dataset root {root}; the split file's "
+            "paths are relative to the root"
+        )
+    return path
+
+
 def read_category_visa(root: Path | str, category: str) -> tuple[list[Sample], list[Sample]]:
     """List the train and test samples of one VisA category from ``split_csv/1cls.csv``.
 
@@ -67,8 +82,10 @@ def read_category_visa(root: Path | str, category: str) -> tuple[list[Sample], l
     Raises:
         DatasetError: when the root or the split file is missing, the split file lacks a
             column, the category has no rows (naming those present), a row has an unknown split
-            or label, a training row is anomalous, an anomalous row has no mask, or a listed
-            image or mask file does not exist (naming the file and the csv line).
+            or label, a training row is anomalous, an anomalous row has no mask, a listed
+            image or mask file does not exist or lies outside the root (naming the file and the
+            csv line), or an image is listed twice (naming both lines: in train and test it
+            would leak the test image into training; twice in one split it would count twice).
     """
     root = Path(root)
     if not root.is_dir():
@@ -84,6 +101,7 @@ def read_category_visa(root: Path | str, category: str) -> tuple[list[Sample], l
     train: list[Sample] = []
     test_good: list[Sample] = []
     test_bad: list[Sample] = []
+    listed: dict[str, tuple[int, str]] = {}  # normalised image path -> (line, split)
     for line, row in mine:
         where = f"{split_path} line {line}"
         split, label = row["split"], row["label"]
@@ -97,7 +115,20 @@ def read_category_visa(root: Path | str, category: str) -> tuple[list[Sample], l
             )
         if not row["image"]:
             raise DatasetError(f"{where}: the image column is empty")
-        image = root / row["image"]
+        image = listed_path(root, row["image"], where, "image")
+        key = os.path.normpath(os.path.abspath(image))
+        if key in listed:
+            first, first_split = listed[key]
+            consequence = (
+                "a test image in the training set leaks it"
+                if first_split != split
+                else "it would be counted twice"
+            )
+            raise DatasetError(
+                f"{split_path}: image {row['image']} is listed twice, line {first} ({first_split})"
+                f" and line {line} ({split}): {consequence}; keep one row"
+            )
+        listed[key] = (line, split)
         if not image.is_file():
             raise DatasetError(f"{where}: image {image} does not exist")
         if label == "normal":
@@ -114,7 +145,7 @@ def read_category_visa(root: Path | str, category: str) -> tuple[list[Sample], l
                 f"{where}: anomalous image {image} has an empty mask column; every anomalous "
                 "row needs its mask (Data/Masks/Anomaly/<name>.png)"
             )
-        mask = root / row["mask"]
+        mask = listed_path(root, row["mask"], where, "mask")
         if not mask.is_file():
             raise DatasetError(f"{where}: mask {mask} of image {image} does not exist")
         test_bad.append(Sample(image, 1, ANOMALY, category, mask, True, mask_nonzero=True))

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from clad.metrics import aupro, image_auroc, pixel_auroc
-from clad.perf.race import ANOMALIB_VENV, ROOT, write_cache
+from clad.perf.cache import category_cache_or_exit, teacher_path
+from clad.perf.race import ANOMALIB_VENV, ROOT
 
 DATA = ROOT.parent / "shared" / "data"
 LITE0 = {"backbone": "efficientnet_lite0", "weights": "imagenet"}
@@ -261,15 +262,11 @@ def pair(detector: str, args: argparse.Namespace, anomalib_python: str) -> list[
     """The rows of one detector: clad (and its variants), then anomalib."""
     base = smoke(SETTINGS[detector]) if args.smoke else SETTINGS[detector]
     size = base["image_size"]
-    cache = Path(args.cache_dir) / f"{args.category}_{size}.pt"
-    write_cache(Path(args.data), args.category, size, cache)
-    data = torch.load(cache)
+    cache, data = category_cache_or_exit(Path(args.data), args.category, size, Path(args.cache_dir))
     labels, masks = data["labels"].numpy(), data["masks"][:, 0].numpy()
     settings = {**base, "seed": args.seed}
     if detector == "efficientad":
-        teacher = Path(args.cache_dir) / (
-            f"efficientad_teacher_{args.category}_{size}{'_smoke' if args.smoke else ''}.pt"
-        )
+        teacher = teacher_path(cache, args.smoke)
         if not teacher.exists():
             run_worker(
                 sys.executable, "teacher", detector, cache, settings, args.threads, out=teacher

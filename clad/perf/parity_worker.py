@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -394,6 +395,18 @@ def run_memory_bank(impl: str, detector: str, settings: dict, train, test) -> di
     }
 
 
+def save_atomically(obj: object, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, renamed over it once complete: a
+    killed worker never leaves a truncated teacher that a later parity run would reuse (this
+    script runs in anomalib's environment too, so it imports nothing of clad at the top)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def distill_teacher(settings: dict, train: torch.Tensor, path: Path) -> None:
     """EfficientAD's shared teacher: distilled once with clad's code, saved for both sides."""
     from torch.utils.data import TensorDataset
@@ -401,7 +414,7 @@ def distill_teacher(settings: dict, train: torch.Tensor, path: Path) -> None:
     model = clad_detector("efficientad", settings)
     n = len(train)
     model.distill_teacher(TensorDataset(train, torch.zeros(n, 1, 1, 1), torch.zeros(n)))
-    torch.save(model.network.teacher.state_dict(), path)
+    save_atomically(model.network.teacher.state_dict(), path)
 
 
 def main() -> None:
@@ -429,7 +442,7 @@ def main() -> None:
         result = run_anomalib(args.detector, settings, train, test)
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["threads"] = torch.get_num_threads()
-    torch.save(result, args.out)
+    save_atomically(result, Path(args.out))
 
 
 if __name__ == "__main__":

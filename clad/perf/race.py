@@ -1,7 +1,8 @@
 """The memory-bank speed race: our PatchCore and PaDiM against anomalib 2.7.0's on one cached
-MVTec-layout category, one process per row (``clad/perf/worker.py``); see ``clad.perf.commands``
-for the command and its options. anomalib lives in its own virtual environment
-(``setup-anomalib``) because it pins packages clad does not need (lightning, jsonargparse, ...).
+MVTec-layout category (``clad.perf.cache``: keyed by the data folder and its files), one process
+per row (``clad/perf/worker.py``); see ``clad.perf.commands`` for the command and its options.
+anomalib lives in its own virtual environment (``setup-anomalib``) because it pins packages clad
+does not need (lightning, jsonargparse, ...).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from clad.perf.cache import category_cache_or_exit
 
 ROOT = Path(__file__).resolve().parents[2]
 ANOMALIB_VENV = ROOT / ".venv-anomalib"
@@ -42,27 +45,6 @@ def setup_anomalib(venv: Path) -> None:
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install"]
     subprocess.run([*pip, *ANOMALIB_REQUIREMENTS], check=True)
     print(f"anomalib installed in {venv}")
-
-
-def write_cache(data: Path, category: str, image_size: int, path: Path) -> Path:
-    """The category's train and test images (uint8) and masks, resized once, in one file."""
-    if path.exists():
-        return path
-    from clad.benchmarks.mvtec import ImageDataset, read_category
-
-    train, test = read_category(data, category)
-    train_set, test_set = ImageDataset(train, image_size), ImageDataset(test, image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "train": train_set.images,  # [N, 3, S, S] uint8
-            "test": test_set.images,
-            "masks": test_set.masks,  # [M, 1, S, S] bool
-            "labels": torch.tensor(test_set.labels),
-        },
-        path,
-    )
-    return path
 
 
 def run_worker(python: str, args: argparse.Namespace, impl: str, detector: str, cache: Path):
@@ -114,8 +96,9 @@ def memory_bank(args: argparse.Namespace) -> list[dict]:
             f"anomalib's interpreter {anomalib_python} does not exist: run "
             "`python -m clad.perf setup-anomalib` first, or pass --impls clad"
         )
-    cache = Path(args.cache_dir) / f"{args.category}_{args.image_size}.pt"
-    write_cache(Path(args.data), args.category, args.image_size, cache)
+    cache, _ = category_cache_or_exit(
+        Path(args.data), args.category, args.image_size, Path(args.cache_dir)
+    )
     rows = []
     for detector in args.detectors.split(","):
         for impl in impls:

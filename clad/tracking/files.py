@@ -1,4 +1,5 @@
-"""Atomic writes of run outputs: JSON, CSV, torch checkpoints."""
+"""Atomic writes of run outputs (JSON, CSV, torch checkpoints) and the one JSON reader: every
+failure is one line naming the file."""
 
 from __future__ import annotations
 
@@ -36,13 +37,15 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
 
     Raises:
         OutputError: naming ``path``, when the folder cannot be made or the file written (no
-            permission, a file where a folder should be, a full disk).
+            permission, a file where a folder should be, a full disk), including torch's own
+            write failures (``torch.save`` reports a full disk as a RuntimeError of its zip
+            writer, ``TORCH_WRITE_FAILURES``).
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
-        raise OutputError(f"{path}: cannot write ({err.strerror or err})") from None
+        raise OutputError(f"{shown_path(path)}: cannot write ({err.strerror or err})") from None
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
@@ -54,8 +57,23 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(err, OSError):
-            raise OutputError(f"{path}: cannot write ({err.strerror or err})") from None
+            raise OutputError(f"{shown_path(path)}: cannot write ({err.strerror or err})") from None
+        if isinstance(err, RuntimeError) and any(m in str(err) for m in TORCH_WRITE_FAILURES):
+            raise OutputError(
+                f"{shown_path(path)}: cannot write (torch's writer failed: {_first_line(err)}); "
+                "is the disk full?"
+            ) from None
         raise
+
+
+TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed")
+"""Parts of the RuntimeError messages of torch's zip writer when a write fails (a full disk:
+``[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598``)."""
+
+
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:limit]
 
 
 def jsonable(value: Any) -> Any:
@@ -76,8 +94,69 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda h: h.write(text.encode() + b"\n"))
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+class _DuplicateKeyError(ValueError):
+    """A JSON object that names a key twice (``json`` would keep the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` that refuses a key given twice in one object."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKeyError(key)
+        data[key] = value
+    return data
+
+
+def read_json(path: Path, error: type[Exception] = OutputError) -> Any:
+    """The JSON in ``path``, strictly: UTF-8, no key twice in one object.
+
+    Every JSON file clad reads goes through here (``clad.config.files.read_json`` too), so a
+    damaged or hand-edited file is one line naming it rather than ``Expecting value: line 1
+    column 1 (char 0)``.
+
+    Raises:
+        error: (``OutputError`` unless the caller names another, e.g. ``ConfigError``) naming
+            ``path`` and what is wrong: unreadable, not UTF-8, not JSON, a key twice, nested
+            too deeply for Python's parser.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise error(f"{path}: cannot read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise error(
+            f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+            "save it as UTF-8"
+        ) from None
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKeyError as err:
+        raise error(
+            f"{path}: key {shown_text(str(err))!r} appears twice in one object (the last would "
+            "silently win); keep one"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON: {err}") from None
+    except RecursionError:
+        raise error(
+            f"{path}: nested too deeply to read (more than Python's recursion limit of "
+            "arrays/objects inside one another)"
+        ) from None
+
+
+def shown_text(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters for a message, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def shown_path(path: Path | str, limit: int = 200) -> str:
+    """A path for a message: whole up to ``limit`` characters, else its start and end (a run
+    name of megabytes is not echoed whole)."""
+    text = str(path)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]}...{text[-limit // 4 :]} ({len(text)} characters)"
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -89,8 +168,57 @@ def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: missing its checksum, damaged, or holding more than
-    tensors and plain containers; the message names the file."""
+    """A checkpoint that cannot be used: missing its checksum, damaged, holding more than
+    tensors and plain containers, or lacking an entry; the message names the file."""
+
+
+class CheckpointEntryError(CheckpointError, KeyError):
+    """An entry a checkpoint lacks; a ``KeyError`` too, so code that asks and catches that
+    still works. Its message is the text, not ``KeyError``'s quoted repr."""
+
+    __str__ = BaseException.__str__
+
+
+class CheckpointState(dict):
+    """A plain dict of a loaded checkpoint whose missing key raises ``CheckpointError`` naming
+    the file and the dotted key, wherever the state is applied (the runner, a strategy, a
+    detector): a well-formed checkpoint of another version or an edited one is then one line,
+    not ``KeyError: 'detector'``. ``get`` and ``in`` behave as on any dict."""
+
+    def __init__(self, data: dict, path: Path, where: str = "") -> None:
+        super().__init__(
+            (key, _checked(value, path, f"{where}.{key}" if where else str(key)))
+            for key, value in data.items()
+        )
+        self.path, self.where = path, where
+
+    def __missing__(self, key: object) -> Any:
+        name = f"{self.where}.{key}" if self.where else str(key)
+        raise CheckpointEntryError(
+            f"{self.path}: no {name!r} entry (a checkpoint of another clad version or "
+            "strategy, or edited); resume from another checkpoint or start again with "
+            "--overwrite"
+        )
+
+
+def _checked(value: Any, path: Path, where: str) -> Any:
+    """Plain dicts (not a module's ``OrderedDict`` state, which keeps its ``_metadata``) become
+    ``CheckpointState``, through lists and tuples."""
+    if type(value) is dict:
+        return CheckpointState(value, path, where)
+    if type(value) in (list, tuple):
+        return type(value)(_checked(v, path, where) for v in value)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """``CheckpointState`` (kept by a strategy from the state it resumed from) back to plain
+    dicts, so the next checkpoint holds only what ``weights_only`` loading accepts."""
+    if isinstance(value, CheckpointState) or type(value) is dict:
+        return {key: _plain(v) for key, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def checksum_path(path: Path) -> Path:
@@ -108,7 +236,8 @@ def _digest(path: Path) -> str:
 def save_checkpoint(path: Path, obj: Any) -> None:
     """``torch.save`` through an atomic write, then ``<name>.sha256`` with the file's digest and
     size: a checkpoint counts only once its checksum is written after it."""
-    atomic_write(path, lambda h: torch.save(obj, h))
+    plain = _plain(obj)
+    atomic_write(path, lambda h: torch.save(plain, h))
     line = f"{_digest(path)} {path.stat().st_size}\n"
     atomic_write(checksum_path(path), lambda h: h.write(line.encode()))
 
@@ -116,6 +245,10 @@ def save_checkpoint(path: Path, obj: Any) -> None:
 def load_checkpoint(path: Path) -> Any:
     """A checkpoint written by ``save_checkpoint``: its size and digest checked, loaded as data
     only (``weights_only=True``: tensors and plain containers; nothing in it runs).
+
+    Returns:
+        The saved object; its plain dicts are ``CheckpointState``, so reading an entry the file
+        lacks is a ``CheckpointError`` naming the file and the entry.
 
     Raises:
         CheckpointError: naming the file and what is wrong with it.
@@ -133,9 +266,9 @@ def load_checkpoint(path: Path) -> Any:
     if path.stat().st_size != int(size) or _digest(path) != digest:
         raise CheckpointError(f"{path}: damaged (size or checksum differs from {sums.name})")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, unsupported globals, truncated archives
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"{path}: not a clad checkpoint of tensors and plain data ({first[:200]})"
+            f"{path}: not a clad checkpoint of tensors and plain data ({_first_line(err)})"
         ) from None
+    return _checked(saved, path, "")

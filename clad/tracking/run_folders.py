@@ -3,17 +3,19 @@
 A run folder (``<output>/<run_name>/seed_<n>/``) is taken by one process at a time
 (``run_lock``), refused when it already holds a run unless the run is resumed or overwritten,
 and on ``--overwrite`` its old entries are set aside (``.replaced/``) until the new run finishes
-(restored if it fails). Resuming starts from the newest checkpoint that loads. Sweeps and the
-comparison report read run folders through ``disk_state`` and the file names here.
+(restored if it fails). ``.replaced/`` may hold the only finished copy of a run (an
+``--overwrite`` killed before it ended leaves it), so it is removed only once a newer run
+finished. Resuming starts from the newest checkpoint that loads. Sweeps and the comparison
+report read run folders through ``disk_state`` and the file names here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,9 @@ FINISHED = "finished.json"  # written by a run as its very last step (after plot
 
 @dataclass(frozen=True)
 class CellState:
-    """``state`` one of finished, partial, failed, pending, changed, invalid."""
+    """``state`` one of finished, partial, failed, pending, corrupt (a ``metrics.json`` or
+    ``config.json`` that does not read), changed, invalid; and, for a sweep's closing summary,
+    running (another process held the cell)."""
 
     state: str
     detail: str = ""
@@ -37,16 +41,21 @@ class CellState:
 
 def disk_state(folder: Path) -> CellState:
     """What a cell's folder holds: finished (every task in ``metrics.json`` and the run's last
-    step, ``finished.json``, done), partial (tasks done or checkpoints: resumable), failed or
-    pending."""
+    step, ``finished.json``, done), partial (tasks done or checkpoints: resumable), failed,
+    pending, or corrupt (its ``metrics.json`` or ``config.json`` does not read: the detail
+    names the file and why)."""
     metrics = folder / "metrics.json"
     done, total = 0, None
-    if metrics.is_file():
-        try:
-            record = json.loads(metrics.read_text())
+    try:
+        if (folder / "config.json").is_file():
+            files.read_json(folder / "config.json")
+        if metrics.is_file():
+            record = files.read_json(metrics)
             done, total = int(record["completed_tasks"]), len(record["tasks"])
-        except (ValueError, KeyError, TypeError):
-            done, total = 0, None
+    except OutputError as err:
+        return CellState("corrupt", str(err)[:300])
+    except (ValueError, KeyError, TypeError):
+        return CellState("corrupt", f"{metrics}: not a metrics record (completed_tasks, tasks)")
     if total is not None and done == total and (folder / FINISHED).is_file():
         return CellState("finished", f"{done}/{total} tasks")
     error = folder / ERROR_FILE
@@ -80,24 +89,28 @@ class RunExistsError(RuntimeError):
     process runs it, or ``--resume`` was given settings that change the results."""
 
 
+class RunBusyError(RunExistsError):
+    """Another living process holds the folder's lock (a run, or a sweep of a sweep folder)."""
+
+
 @contextlib.contextmanager
-def run_lock(folder: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``.<folder name>.lock`` beside the run folder, taken before
-    anything in it is read or changed; held until the run ends. The kernel releases it when the
-    process dies, so a killed run's lock is never stale."""
+def pid_lock(path: Path, busy: Callable[[str], str]) -> Iterator[None]:
+    """An exclusive ``flock`` on the file ``path`` (created when missing), holding this
+    process's ``pid <n>`` while held. The kernel releases it when the process dies, so a killed
+    holder's lock is never stale.
+
+    Raises:
+        RunBusyError: ``busy(holder)`` (``holder``: ``pid <n>`` of the process that holds it).
+    """
     import fcntl
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    path = folder.parent / f".{folder.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            raise RunExistsError(
-                f"{folder} is being run now by {owner}; wait for it to end (one run per folder)"
-            ) from None
+            raise RunBusyError(busy(handle.read().strip() or "another process")) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
@@ -106,6 +119,17 @@ def run_lock(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock (``pid_lock``) on ``.<folder name>.lock`` beside the run folder, taken
+    before anything in it is read or changed; held until the run ends."""
+    return pid_lock(
+        folder.parent / f".{folder.name}.lock",
+        lambda holder: (
+            f"{folder} is being run now by {holder}; wait for it to end (one run per folder)"
+        ),
+    )
 
 
 class RunFolder:
@@ -156,43 +180,86 @@ class RunFolder:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as err:
+            if err.errno == errno.ENAMETOOLONG:
+                raise OutputError(
+                    f"{files.shown_path(self.path)}: a folder name is too long for the file "
+                    "system (run_name and --output make the path); choose a shorter one"
+                ) from None
             raise OutputError(
-                f"{self.path}: cannot write the run's outputs there ({err.strerror or err}); "
-                "choose another output folder (--output) or fix its permissions"
+                f"{files.shown_path(self.path)}: cannot write the run's outputs there "
+                f"({err.strerror or err}); choose another output folder (--output) or fix its "
+                "permissions"
             ) from None
 
-    def set_aside(self) -> Path | None:
-        """Move the old run's entries into ``.replaced/`` (``--overwrite``; restored if the
-        new run fails, deleted when it finishes); a sweep's ``log.txt`` and lock stay. None
-        when the folder holds no run."""
-        if not self.holds_a_run():
-            return None
-        aside = self.path / REPLACED
-        if aside.exists():
-            shutil.rmtree(aside)
-        aside.mkdir()
-        for entry in self.path.iterdir():
-            if entry.name not in KEPT and entry.name != REPLACED:
-                entry.rename(aside / entry.name)
-        return aside
+    def _run_entries(self) -> list[Path]:
+        """The folder's entries that belong to its run (not the sweep's lock and log, not the
+        set-aside or failed folders)."""
+        return [e for e in self.path.iterdir() if e.name not in (*KEPT, REPLACED, FAILED)]
 
-    def restore(self, aside: Path) -> None:
-        """A failed ``--overwrite`` run: its partial outputs go to ``.failed/``, the old run
-        comes back."""
+    def _move_to_failed(self) -> Path:
+        """The run's entries into a fresh ``.failed/`` (an earlier failed attempt there goes)."""
         failed = self.path / FAILED
         if failed.exists():
             shutil.rmtree(failed)
         failed.mkdir()
-        for entry in self.path.iterdir():
-            if entry.name not in (*KEPT, REPLACED, FAILED):
-                entry.rename(failed / entry.name)
+        for entry in self._run_entries():
+            entry.rename(failed / entry.name)
+        return failed
+
+    def set_aside(self) -> Path | None:
+        """Move the old run's entries into ``.replaced/`` (``--overwrite``; restored if the
+        new run fails, deleted when it finishes); a sweep's ``log.txt`` and lock stay. None
+        when the folder holds no run and nothing is set aside.
+
+        A ``.replaced/`` already there was left by an ``--overwrite`` that was killed, and may
+        hold the only finished copy of the run: it is kept, and the killed attempt's files in
+        the folder go to ``.failed/`` (a line says so). Only when the folder itself holds a
+        finished run (the killed attempt was resumed to its end) is the older backup dropped
+        and the newer run set aside instead.
+        """
+        aside = self.path / REPLACED
+        if aside.is_dir():
+            current = disk_state(self.path)
+            if current.state != "finished":
+                if self._run_entries():
+                    failed = self._move_to_failed()
+                    print(
+                        f"[clad] {self.path} holds a killed --overwrite attempt ({current.state}"
+                        f"{': ' + current.detail if current.detail else ''}): its files are "
+                        f"moved to {failed}; the run set aside before it stays in {aside}"
+                    )
+                return aside
+            print(
+                f"[clad] {self.path} holds a finished run newer than the older set-aside run "
+                f"in {aside}: the older one is removed, the newer one set aside"
+            )
+            shutil.rmtree(aside)
+        if not self.holds_a_run():
+            return None
+        aside.mkdir()
+        for entry in self._run_entries():
+            entry.rename(aside / entry.name)
+        return aside
+
+    def restore(self, aside: Path) -> None:
+        """A failed ``--overwrite`` run: its partial outputs go to ``.failed/``, the old run
+        comes back; the line printed says whether that run was finished."""
+        failed = self._move_to_failed()
         for entry in aside.iterdir():
             entry.rename(self.path / entry.name)
         aside.rmdir()
-        print(
-            f"[clad] the new run failed: the previous run in {self.path} is restored (the "
-            f"failed attempt's outputs are in {failed})"
-        )
+        back = disk_state(self.path)
+        if back.state == "finished":
+            what = f"the previous run in {self.path} is restored (finished, {back.detail})"
+        elif back.state == "pending":
+            what = f"{self.path} holds no previous run's results"
+        else:
+            detail = f": {back.detail}" if back.detail else ""
+            what = (
+                f"the previous run's files are back in {self.path} (it was not finished: "
+                f"{back.state}{detail})"
+            )
+        print(f"[clad] the new run failed: {what}; the failed attempt's outputs are in {failed}")
 
     def clean_temporary_files(self) -> None:
         """Leftovers of writes cut short (``.<name>.<random>.tmp``)."""

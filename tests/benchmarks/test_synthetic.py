@@ -163,8 +163,11 @@ def test_complete_category_is_skipped_and_stale_one_replaced(tmp_path: Path) -> 
     sentinel.write_text("left alone when the parameters match")
     generate_category(tmp_path, "checker", 0, 32, 2, 1, 1)
     assert sentinel.exists()
+    with pytest.raises(FileExistsError, match="sentinel.txt"):  # not the generator's to delete
+        generate_category(tmp_path, "checker", 0, 32, 3, 1, 1)
+    assert sentinel.exists()
+    sentinel.unlink()
     generate_category(tmp_path, "checker", 0, 32, 3, 1, 1)
-    assert not sentinel.exists()
     assert len(list((folder / "train" / "good").glob("*.png"))) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["checker"]
 

@@ -4,6 +4,18 @@ A CLAD run file names ``architecture`` and ``sample_strategy``; per-model settin
 ``models/<architecture>.json`` beside it (and common ones in ``common_param.json``, if present).
 The run file wins over the model file, which wins over the common file, as in CLAD. Keys with a
 meaning here are translated; the rest are returned as ignored so the caller can say so.
+
+A CLAD file runs CLAD's method where clad's defaults differ from it (docs/clad-fidelity.md):
+
+- ``replay`` and ``latent_replay`` with a trained detector: ``mixing: "batch"`` (CLAD's
+  ``Memory.create_batch_data``: B memory images with every batch of B).
+- ``latent_replay``: ``regenerate: true`` (CLAD's ``memory_update_main`` passes the kept
+  generated images through the model after every task).
+- ``cl`` with PatchCore: ``variant: "per_task"`` (CLAD's per-task banks, routed by the mean
+  nearest-neighbour distance); with PaDiM: ``variant: "average"`` (CLAD's running average of
+  the tasks' means and inverse covariances).
+- ``vae``: ``loss_weighting: "clad"`` (CLAD's ELBO weighting; a notice says it collapses the
+  posterior).
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ import clad.models  # noqa: F401  (fills the detector table)
 from clad.benchmarks.catalog import CLAD_TASK_ORDER, MVTEC3D_CATEGORIES
 from clad.config.files import read_json
 from clad.errors import ConfigError
+from clad.models.base import TrainedDetector
 from clad.registry import detector_table, parameter_names
 
 ARCHITECTURES = {"cae": "conv_ae", "unet": "unet_ae"}
@@ -31,6 +44,8 @@ STRATEGIES = {
     "compressed_replay": "compressed_replay",
 }
 REPLAYS = ("replay", "latent_replay", "generative_replay", "compressed_replay")  # take mem_size
+BATCH_MIXED = ("replay", "latent_replay")  # CLAD mixes memory into every batch (trained only)
+CL_VARIANTS = {"patchcore": "per_task", "padim": "average"}  # CLAD's ``cl`` per architecture
 # CLAD key -> detector parameter name (used only when the detector takes that parameter).
 DETECTOR_KEYS = {
     "f_coreset": "coreset_ratio",
@@ -91,6 +106,12 @@ def translate(raw: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
         strategy["mem_size"] = int(take("mem_size"))
     if strategy["name"] == "cl" and "mem_size_cl" in clad:
         strategy["mem_size_cl"] = int(take("mem_size_cl"))
+    if strategy["name"] == "cl" and name in CL_VARIANTS:
+        strategy["variant"] = CL_VARIANTS[name]
+    if strategy["name"] in BATCH_MIXED and issubclass(detector_table()[name], TrainedDetector):
+        strategy["mixing"] = "batch"
+    if strategy["name"] == "latent_replay":
+        strategy["regenerate"] = True
     used.add("cl")  # CLAD's per-model switch for the cl mode; sample_strategy decides here
 
     dataset: dict[str, Any] = {"name": "mvtec"}
@@ -137,6 +158,8 @@ def translate(raw: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
 
     if "adam_betas" in accepted and "b1" in clad and "b2" in clad:
         detector["adam_betas"] = [float(take("b1")), float(take("b2"))]
+    if name == "vae":
+        detector["loss_weighting"] = "clad"  # CLAD's ``create_elbo_function``
 
     config = {
         "run_name": f"{name}_{strategy['name']}",

@@ -12,15 +12,29 @@ image count, float32 (count float64): D + D^2 floats per task.
 Score of an image against one Gaussian: the Mahalanobis distance sqrt((x - mu)^T S^-1 (x - mu)).
 There are no anomaly maps (``Scores.pixel`` is None): DNE is an image-level method.
 
-Continual semantics (``strategy: cl``): DNE keeps one Gaussian per task, so its default variant
-is ``per_task``: after task t the memory is the t + 1 task Gaussians, and a test image is scored
-against every one and takes the smallest distance (the closest task Gaussian; no task id).
-``variant: single_bank`` pools them into one Gaussian instead, the moment-matched Gaussian of the
-count-weighted mixture of the task Gaussians (``merge_memories``); that is what the official code
-does, approximately, by drawing samples from the stored past Gaussians, adding noise samples, and
-fitting one Gaussian to them together with the current task's embeddings. Under ``naive`` the
-Gaussian is the latest task's only (forgetting), under ``multi_task`` one Gaussian of all tasks'
-images, under ``replay`` one of the task's and the replayed images.
+Continual semantics (``strategy: cl``, ``variant``):
+
+``resample`` (default; the official code's rule, ``DNE.training_epoch`` in ``methods/dne.py``
+    with ``utils/density.py``): each task's Gaussian (mean, Ledoit-Wolf covariance, image count
+    n_k) is kept; after task t the detector scores with one Gaussian refitted (Ledoit-Wolf) to
+    n_k samples drawn from each past task's Gaussian N(mu_k, S_k), k < t, together with task
+    t's own embeddings, all L2-normalised again (``resampled_memory``; the official code's
+    ``noise_ratio`` is 0 by default, so no noise samples are added here). Draws come from a
+    generator seeded from the run's torch RNG. Memory grows with the tasks: t + 1 task
+    Gaussians plus the scoring one, (t + 2) * (D + D^2) floats (efficientnet-lite0, D = 1280:
+    6.25 MB of 2^20 bytes per Gaussian), as the official code's ``task_wise_mean`` and
+    ``task_wise_cov`` lists.
+``per_task`` (clad's extension): the t + 1 task Gaussians, a test image scored against every
+    one and taking the smallest distance (the closest task Gaussian; no task id). Nothing is
+    pooled, so a past task's scores never change (zero forgetting by construction); memory
+    (t + 1) * (D + D^2) floats, growing with every task like ``resample``'s.
+``single_bank`` (clad's closed form): one Gaussian, the moment-matched Gaussian of the
+    count-weighted mixture of the task Gaussians (``merge_memories``): what ``resample``
+    estimates by sampling, without its sampling noise, its re-normalisation of the samples onto
+    the unit sphere and its Ledoit-Wolf refit of the pooled set. Memory: one Gaussian.
+
+Under ``naive`` the Gaussian is the latest task's only (forgetting), under ``multi_task`` one
+Gaussian of all tasks' images, under ``replay`` one of the task's and the replayed images.
 
 What differs from the paper and its official code (github.com/vijaylee/Continual_Anomaly_Detection):
 
@@ -32,11 +46,9 @@ What differs from the paper and its official code (github.com/vijaylee/Continual
   loss against strongly augmented (CutPaste-like) images and a frozen head after the first task;
   this is the augmentation-free, frozen-feature variant (the paper's ablation without
   augmentation), so the backbone never changes and needs no replay or regularisation.
-- Default scoring: the closest task Gaussian (``per_task``), not the official code's single
-  pooled Gaussian; ``variant: single_bank`` gives the pooled one (without the noise samples),
-  and the README reports both, measured.
-- Input: images resized (and centre-cropped) by the dataset block, normalised as the backbone's
-  weights expect ((x - 0.5) / 0.5 for efficientnet-lite0).
+- Input: images resized by the dataset block (the protocol configs: 224 x 224 without a crop,
+  as the official ``no_aug_transformation`` in ``datasets/transforms/__init__.py``), normalised
+  as the backbone's weights expect ((x - 0.5) / 0.5 for efficientnet-lite0).
 """
 
 from __future__ import annotations
@@ -55,13 +67,23 @@ from torch.utils.data import Dataset
 from clad.models.base import Training
 from clad.models.components.arguments import check_weights
 from clad.models.components.backbone import LAYERS, FeatureExtractor, check_layers
-from clad.models.memory_bank import Memory, MemoryBankDetector
+from clad.models.memory_bank import ClVariant, Memory, MemoryBankDetector
 from clad.profiling import timed
 from clad.records import Scores
 from clad.registry import register_detector
 
 Backbone = Literal["efficientnet_lite0", "resnet18", "wide_resnet50_2"]
 EMBEDDING_LAYER = {"efficientnet_lite0": "head", "resnet18": "layer4", "wide_resnet50_2": "layer4"}
+
+
+def sample_gaussian(memory: Memory, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` samples [n, D] (float32, CPU) of N(mean, covariance) of a task's memory: mean +
+    z L^T with z ~ N(0, I) drawn from ``generator`` and L the covariance's Cholesky factor (the
+    official code draws with ``np.random.multivariate_normal``)."""
+    mean = memory["mean"].double().cpu()
+    factor = torch.linalg.cholesky(memory["covariance"].double().cpu())  # [D, D]
+    z = torch.randn(n, len(mean), generator=generator, dtype=torch.float64)  # [n, D]
+    return (mean + z @ factor.T).float()
 
 
 def gaussian_bytes(dim: int) -> int:
@@ -83,8 +105,8 @@ class Dne(MemoryBankDetector):
         training: feature-extraction batches, device and loader workers (``Training``).
     """
 
-    # the ``cl`` strategy's default variant for DNE
-    cl_variant: ClassVar[Literal["single_bank", "per_task"]] = "per_task"
+    # the ``cl`` strategy's default variant for DNE: the official code's
+    cl_variant: ClassVar[ClVariant] = "resample"
 
     def __init__(
         self,
@@ -129,12 +151,42 @@ class Dne(MemoryBankDetector):
             "count": torch.tensor(float(len(data)), dtype=torch.float64),
         }
 
-    @timed("gaussians")
-    def build_memory(self, data: Dataset) -> Memory:
+    def embeddings(self, data: Dataset) -> Tensor:
+        """The embeddings [N, D] of ``data``'s images (one pass; ``timings["feature"]``)."""
         began = time.perf_counter()
         embeddings = torch.cat([self.embed(images, reuse=False) for images in self.images(data)])
         self.timings = {"feature": time.perf_counter() - began}
-        return {k: v.to(self.device) for k, v in self.fit_gaussian(embeddings).items()}
+        return embeddings
+
+    @timed("gaussians")
+    def build_memory(self, data: Dataset) -> Memory:
+        return {k: v.to(self.device) for k, v in self.fit_gaussian(self.embeddings(data)).items()}
+
+    @timed("gaussians")
+    def resampled_memory(
+        self, past: Sequence[Memory], data: Dataset, generator: torch.Generator
+    ) -> tuple[Memory, Memory]:
+        """The official code's continual refit (``DNE.training_epoch``, ``methods/dne.py``).
+
+        Args:
+            past: the earlier tasks' Gaussians (``build_memory``'s memories), in task order.
+            data: the current task's training images.
+            generator: the source of the samples (a CPU generator).
+
+        Returns:
+            ``(task, scoring)``: the current task's own Gaussian, and the Gaussian fitted to
+            ``count_k`` samples of N(mean_k, covariance_k) per past task with the current
+            embeddings, all L2-normalised: [sum_k n_k + n_t, D] -> Ledoit-Wolf (or
+            ``shrinkage``).
+        """
+        embeddings = self.embeddings(data).float().cpu()  # [n_t, D]
+        drawn = [sample_gaussian(m, int(m["count"]), generator) for m in past]  # each [n_k, D]
+        pooled = F.normalize(torch.cat([*drawn, embeddings]), p=2, dim=1)
+        task, scoring = self.fit_gaussian(embeddings), self.fit_gaussian(pooled)
+        return (
+            {k: v.to(self.device) for k, v in task.items()},
+            {k: v.to(self.device) for k, v in scoring.items()},
+        )
 
     def prepare(self, memory: Memory) -> tuple[Tensor, Tensor]:
         covariance = memory["covariance"].double()

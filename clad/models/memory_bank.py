@@ -40,6 +40,9 @@ from clad.models.components.backbone import FeatureExtractor
 from clad.records import Scores, dataset_length
 
 Memory = dict[str, Tensor]
+ClVariant = Literal["single_bank", "per_task", "resample", "average"]
+"""The ``cl`` strategy's variants (``clad.strategies.memory_bank``); ``resample`` is DNE's,
+``average`` PaDiM's (CLAD's)."""
 
 
 def on_cpu(scores: Scores) -> Scores:
@@ -59,7 +62,7 @@ class MemoryBankDetector(Detector):
 
     extractor: FeatureExtractor
     # the ``cl`` strategy's default variant
-    cl_variant: ClassVar[Literal["single_bank", "per_task"]] = "single_bank"
+    cl_variant: ClassVar[ClVariant] = "single_bank"
     training_keys = LOADER_KEYS  # one pass over the images: batches, device, loader workers
 
     def __init__(self, training: Training | None = None) -> None:

@@ -133,10 +133,37 @@ class Padim(MemoryBankDetector):
         return {**stats, "grid": torch.tensor(grid)}
 
     def prepare(self, memory: Memory) -> tuple[Tensor, Tensor, tuple[int, ...]]:
+        grid = tuple(int(v) for v in memory["grid"])
+        if "precision" in memory:  # an ``average_memories`` result: mean and precision as is
+            return memory["mean"].float(), memory["precision"].float(), grid
         mean, covariance = gaussian(memory, self.covariance_eps)
         precision = inverse_covariance(covariance)
-        grid = tuple(int(v) for v in memory["grid"])
         return mean.float(), precision.float(), grid
+
+    def average_memories(self, average: Memory | None, memory: Memory) -> Memory:
+        """CLAD's PaDiM ``cl`` (``Trainer_PaDiM.train_epoch``, CLAD's
+        ``src/trainer/trainer_padim.py``): the running average, task by task with equal
+        weights, of the tasks' mean [P, D] and precision (inverse regularised covariance)
+        [P, D, D]: after task t, mean = (t * mean + mean_t) / (t + 1), likewise the precision.
+        ``average`` is the previous result (None before the first task), ``memory`` task t's
+        statistics (``build_memory``). The result is not the Gaussian of any data (averaging
+        precisions is not pooling; ``merge_memories`` pools exactly)."""
+        mean, precision, _ = self.prepare(memory)
+        if average is None:
+            tasks = torch.tensor(1.0, dtype=torch.float64)
+        else:
+            if not torch.equal(average["grid"].cpu(), memory["grid"].cpu()):
+                raise ValueError("padim: memories of different feature grids")
+            done = average["tasks"].double()
+            mean = (done * average["mean"].to(mean.device) + mean) / (done + 1)
+            precision = (done * average["precision"].to(mean.device) + precision) / (done + 1)
+            tasks = done + 1
+        return {
+            "mean": mean.float(),
+            "precision": precision.float(),
+            "tasks": tasks,
+            "grid": memory["grid"],
+        }
 
     def score(
         self, embedding: Tensor, prepared: tuple, size: Sequence[int]

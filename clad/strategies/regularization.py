@@ -88,12 +88,34 @@ class EWC(Strategy):
 
     Memory: the stored anchors and Fishers (2 x the trainable parameters' bytes per stored pair,
     float32), counted as strategy memory. The detector sees task t's training images only.
+
+    The penalty's scale: the paper's (ewc_lambda / 2), not Avalanche's. Avalanche 0.6's
+    ``EWCPlugin.before_backward`` (``avalanche/training/plugins/ewc.py``) adds
+    ``ewc_lambda * sum_k sum_i F_k,i (theta_i - theta*_k,i)^2`` to the loss, without the 1/2,
+    with the same Fisher (squared batch gradients averaged over the batches,
+    ``compute_importances``). A lambda taken from an Avalanche-based paper is therefore half as
+    strong here: ``ewc_lambda`` here = 2 x Avalanche's ``ewc_lambda`` for the same penalty.
+
+    Args:
+        make_detector: the detector factory (the runner's).
+        ewc_lambda: lambda of the paper's penalty (ewc_lambda / 2) * sum F (theta - theta*)^2;
+            twice Avalanche's ``ewc_lambda`` for the same strength.
+        mode: ``"separate"`` (one anchor and Fisher per past task) or ``"online"``.
+        decay: the online mode's Fisher decay (``F <- decay F + F_t``).
     """
 
     def __init__(
         self,
         make_detector: DetectorFactory,
-        ewc_lambda: NonNegativeFloat = 10000.0,
+        ewc_lambda: Annotated[
+            float,
+            Field(
+                ge=0,
+                description="lambda of the paper's penalty (lambda / 2) * sum F (theta - "
+                "theta*)^2; Avalanche's EWCPlugin adds lambda * sum F (theta - theta*)^2, so "
+                "this value is twice Avalanche's for the same strength",
+            ),
+        ] = 10000.0,
         mode: Literal["separate", "online"] = "separate",
         decay: Annotated[float, Field(ge=0, le=1)] = 1.0,
     ) -> None:

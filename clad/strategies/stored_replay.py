@@ -31,7 +31,7 @@ from clad.strategies.base import (
     detector_name,
     restore_copy,
 )
-from clad.strategies.replay import Replay
+from clad.strategies.replay import Mixing, Replay, check_mixing
 
 
 class NormalImages(Dataset):
@@ -189,37 +189,68 @@ def latent_model(detector: Detector, strategy: str) -> LatentModel:
 
 @register_strategy("latent_replay")
 class LatentReplay(StoredReplay):
-    """Replay of past images kept as latent codes (CLAD's ``latent_replay``).
+    """Replay of past images through the detector's own encoder and decoder (CLAD's
+    ``latent_replay``). The images are chosen as ``replay`` chooses them; what is kept of each
+    is ``regenerate``'s choice:
 
-    Each image chosen for the memory (as ``replay`` chooses them) is encoded by the detector
-    right after it learnt the image's task (``encode``: the posterior mean) and only the code is
-    kept. When a later task is learnt, every stored code is decoded by the detector as it is
-    then (``decode``: the decoder trained on all tasks so far, with this replay) and the
-    detector sees the current task's training images plus these decoded images. CLAD decodes
-    each code once, when it is stored, and keeps the decoded image on disk; here the decoded
-    image is not kept, so memory is the codes alone and the replayed images follow the decoder.
+    ``regenerate = False`` (default): the code. Each chosen image is encoded right after the
+        detector learnt its task (``encode``: the posterior mean) and only the code is kept.
+        When a later task is learnt, every code is decoded by the detector as it is then
+        (``decode``: the decoder trained on all tasks so far, with this replay), so an image of
+        task k replayed at task t went once through the encoder after task k and once through
+        the decoder after task t - 1. Memory: ``latent_dim`` float32 values per image.
+    ``regenerate = True`` (CLAD's ``MemoryLatentReplay`` as ``memory_update_main`` in
+        ``src/utilities/utility_main.py`` drives it): the reconstruction. Right after task k is
+        learnt, each chosen image x is replaced by its reconstruction ``decode(encode(x))``
+        (uint8, as CLAD's PNG); after every later task t, every kept reconstruction is passed
+        through the model again, ``x_hat <- decode(encode(x_hat))``, so an image of task k
+        replayed at task t has been through the models after tasks k, k + 1, ..., t - 1 in
+        turn (t - k reconstructions). CLAD also saves the code z, but replays the generated
+        images only. CLAD's forward pass decodes a sampled z = mu + eps * sigma; here the
+        posterior mean (the latent interface's ``encode``). Memory: C * H * W bytes per image,
+        as ``replay``.
 
-    Memory: the codes, ``latent_dim`` float32 values (4 bytes each) per stored image.
+    ``mixing`` is ``replay``'s (``"batch"``: CLAD's batches, half of every step replay).
     """
 
     def __init__(
-        self, make_detector: DetectorFactory, tasks: Sequence[Task], mem_size: PositiveInt = 100
+        self,
+        make_detector: DetectorFactory,
+        tasks: Sequence[Task],
+        mem_size: PositiveInt = 100,
+        regenerate: bool = False,
+        mixing: Mixing = "dataset",
     ) -> None:
         super().__init__(make_detector, tasks, mem_size)
+        self.regenerate = regenerate
+        self.mixing = mixing
 
     @classmethod
     def check_arguments(cls, arguments: Mapping[str, Any], detector: type) -> None:
         check_latent_model(detector, cls.name)
+        check_mixing(arguments.get("mixing", "dataset"), detector)
 
     def learn(self, task: Task) -> None:
         latent_model(self._current(), self.name)
+        earlier = set(self.stored)
         super().learn(task)
+        kept = sorted(k for k in self.stored if k in earlier)
+        if self.regenerate and kept:
+            # the earlier tasks' reconstructions, through the model after this task
+            images = torch.stack([self.stored[k] for k in kept]).float() / 255.0  # [N, C, H, W]
+            for key, value in zip(kept, self.store(images), strict=True):
+                self.stored[key] = value
 
     def store(self, images: Tensor) -> list[Tensor]:
-        codes = latent_model(self._current(), self.name).encode(images)  # [N, D]
-        return list(codes.float().cpu())
+        model = latent_model(self._current(), self.name)
+        codes = model.encode(images)  # [N, D]
+        if not self.regenerate:
+            return list(codes.float().cpu())
+        return [to_uint8(image) for image in model.decode(codes).cpu()]  # each [C, H, W]
 
     def restore(self, stored: list[Tensor], shape: tuple[int, ...]) -> Tensor:
+        if self.regenerate:
+            return torch.stack(stored)  # [N, C, H, W] uint8
         decoded = latent_model(self._current(), self.name).decode(torch.stack(stored))
         return to_uint8(decoded.cpu())
 

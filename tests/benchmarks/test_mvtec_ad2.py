@@ -182,6 +182,8 @@ def test_shipped_protocol_configs_name_the_dataset() -> None:
         assert len(paths) == 9  # patchcore, padim, dne x cl, naive, multi_task
         for path in paths:
             config = load_config(path, check_machine=False)  # the data are not here
-            assert config.dataset.name == name and config.dataset.image_size == 256
+            # DNE resizes to 224 without a crop, as its official code; the others to 256
+            side = 224 if config.detector["name"] == "dne" else 256
+            assert config.dataset.name == name and config.dataset.image_size == side
             assert config.dataset.categories == categories
             assert json.loads(path.read_text())["base"].startswith("_")

@@ -98,13 +98,106 @@ def test_clad_vae_and_st_files_translate(tmp_path):
     vae = load_config(top / "vae" / "test_vae_latent_replay.json", check_machine=False)
     assert vae.detector["name"] == "vae" and vae.detector["latent_dim"] == 256
     assert vae.detector["beta"] == 1 and vae.detector["adam_betas"] == [0.5, 0.999]
-    assert vae.strategy == {"name": "latent_replay", "mem_size": 48000}
+    # CLAD's latent replay: batches half replay, the kept images regenerated after every task
+    assert vae.strategy == {
+        "name": "latent_replay",
+        "mem_size": 48000,
+        "mixing": "batch",
+        "regenerate": True,
+    }
+    assert vae.detector["loss_weighting"] == "clad"  # CLAD's ELBO weighting
     assert vae.dataset.image_size == 256  # from models/vae.json one folder up
     assert vae.training.epochs == 50 and vae.training.patience == 0
     st = load_config(top / "test_st_ideal_replay.json", check_machine=False)
     assert st.detector["name"] == "st"
     assert st.strategy == {"name": "multi_task"}
     assert st.training.lr == 1e-4 and st.training.batch_size == 1
+
+
+PATCHCORE_MODEL = {  # CLAD's configurations/models/patchcore.json (the keys used here)
+    "img_size": 256,
+    "crp_size": 224,
+    "num_tasks": 10,
+    "num_epochs": 1,
+    "batch_size": 1,
+    "f_coreset": 0.1,
+    "backbone_name": "wide_resnet50_2",
+    "coreset_eps": 0.9,
+    "cl": True,
+    "mem_size_cl": 10000,
+}
+PADIM_MODEL = {  # CLAD's configurations/models/padim.json (the keys used here)
+    "img_size": 256,
+    "crp_size": 224,
+    "num_tasks": 10,
+    "batch_size": 1,
+    "backbone_name": "wide_resnet50_2",
+    "d_reduced": 350,
+    "cl": True,
+}
+TRAIN_MEMORY_BANK = {  # CLAD's configurations/train_patchcore.json and train_padim.json
+    "mem_size": 300,
+    "new_memory": True,
+    "sample_strategy": "cl",
+    "device_id": 0,
+    "num_epochs": 1,
+    "batch_size": 1,
+    "early_stopping": True,
+    "img_size": 256,
+    "crp_size": 224,
+    "lr": 1e-4,
+    "patience": 7,
+}
+TRAIN_CFA = {  # CLAD's configurations/train_cfa.json (the keys used here)
+    "architecture": "cfa",
+    "trainer": "cfa",
+    "mem_size": 40,
+    "new_memory": True,
+    "sample_strategy": "replay",
+    "num_epochs": 50,
+    "batch_size": 4,
+    "early_stopping": True,
+    "img_size": 256,
+    "crp_size": 224,
+    "lr": 1e-3,
+    "patience": 7,
+}
+
+
+def clad_top(tmp_path: Path) -> Path:
+    """CLAD's top-level layout: train_<model>.json beside models/<model>.json."""
+    top = tmp_path / "configurations"
+    (top / "models").mkdir(parents=True)
+    (top / "models" / "patchcore.json").write_text(json.dumps(PATCHCORE_MODEL))
+    (top / "models" / "padim.json").write_text(json.dumps(PADIM_MODEL))
+    for arch in ("patchcore", "padim"):
+        run = {"architecture": arch, "trainer": arch, **TRAIN_MEMORY_BANK}
+        (top / f"train_{arch}.json").write_text(json.dumps(run))
+    (top / "train_cfa.json").write_text(json.dumps(TRAIN_CFA))
+    replay = {**TRAIN_MEMORY_BANK, "architecture": "patchcore", "sample_strategy": "replay"}
+    (top / "train_patchcore_replay.json").write_text(json.dumps(replay))
+    return top
+
+
+def test_clads_patchcore_cl_is_per_task_banks_with_clads_routing(tmp_path):
+    top = clad_top(tmp_path)
+    config = load_config(top / "train_patchcore.json", check_machine=False)
+    assert config.strategy == {"name": "cl", "mem_size_cl": 10000, "variant": "per_task"}
+    assert config.detector["coreset_ratio"] == 0.1
+
+
+def test_clads_padim_cl_is_the_running_average_of_the_task_gaussians(tmp_path):
+    config = load_config(clad_top(tmp_path) / "train_padim.json", check_machine=False)
+    assert config.strategy == {"name": "cl", "variant": "average"}
+
+
+def test_clads_replay_mixes_memory_into_every_batch_of_a_trained_detector(tmp_path):
+    top = clad_top(tmp_path)
+    cfa = load_config(top / "train_cfa.json", check_machine=False)
+    assert cfa.strategy == {"name": "replay", "mem_size": 40, "mixing": "batch"}
+    # a memory-bank detector has no batches to mix: its replay appends the memory
+    patchcore = load_config(top / "train_patchcore_replay.json", check_machine=False)
+    assert patchcore.strategy == {"name": "replay", "mem_size": 300}
 
 
 def run_main(path: Path, synthetic_root: Path, out: Path, *extra: str) -> None:
@@ -146,10 +239,10 @@ def test_clad_vae_latent_replay_file_runs(tmp_path, synthetic_root):
     record = json.loads((out / "vae_latent_replay" / "seed_0" / "metrics.json").read_text())
     assert record["tasks"] == ["stripes", "disc"] and record["completed_tasks"] == 2
     assert record["strategy"] == "latent_replay"
-    # the memory is the latent codes, 256 float32 per memorised image: after the first task
-    # every training image of stripes (48000 exceeds the set)
-    codes = record["costs"]["memory_mb"][0] * 2**20 / (256 * 4)
-    assert round(codes) >= 8 and abs(codes - round(codes)) < 1e-3
+    # CLAD regenerates images (regenerate: true), so the memory is uint8 images of 3 x 32 x 32:
+    # after the first task every training image of stripes (48000 exceeds the set)
+    kept = record["costs"]["memory_mb"][0] * 2**20 / (3 * 32 * 32)
+    assert round(kept) >= 8 and abs(kept - round(kept)) < 1e-3
 
 
 def test_clad_st_file_runs(tmp_path, synthetic_root):

@@ -1,6 +1,8 @@
-"""DNE: per-task Gaussians of pooled embeddings, the closest one scores (task-agnostic), its
-memory is T Gaussians, the pooled variant is the mixture's moment-matched Gaussian, state round
-trip, and a quality floor on the synthetic set with efficientnet-lite0's ImageNet weights.
+"""DNE: the official continual rule by default (one Gaussian refitted to samples of the past
+task Gaussians and the current embeddings), per-task Gaussians with the closest one scoring
+(task-agnostic; memory T Gaussians), the pooled variant is the mixture's moment-matched
+Gaussian, state round trip, and a quality floor on the synthetic set with efficientnet-lite0's
+ImageNet weights.
 
 Quality floor, measured (synthetic set at 128 px, 40 training images per category, seed 0; the
 stream stripes -> checker -> disc -> nut under ``cl``, per-task Gaussians): final average image
@@ -19,8 +21,9 @@ from clad.benchmarks.spec import DatasetConfig
 from clad.benchmarks.stream import build_tasks
 from clad.errors import ConfigError
 from clad.metrics import image_auroc
-from clad.models.base import training_for
-from clad.models.dne import Dne, gaussian_bytes
+from clad.models.base import seeded_generator, training_for
+from clad.models.dne import Dne, gaussian_bytes, sample_gaussian
+from clad.models.patchcore import PatchCore
 from clad.records import Task
 from clad.registry import validate_params
 from clad.runner import score_dataset
@@ -59,10 +62,61 @@ def test_embedding_is_the_pooled_normalised_last_layer():
     torch.testing.assert_close(embedding, pooled / pooled.norm(dim=1, keepdim=True))
 
 
-def test_memory_is_t_gaussians_and_the_closest_one_scores():
+def test_default_is_the_official_refit_from_resampled_task_gaussians():
+    from sklearn.covariance import LedoitWolf
+
     torch.manual_seed(0)
     strategy = ContinualMemoryBank(dne)
-    assert strategy.variant == "per_task"  # DNE's own semantics by default
+    assert strategy.variant == "resample"  # the official code's rule by default
+    stream = tasks([0.2, 0.8], n=6)
+    strategy.learn(stream[0])
+    detector = strategy.detector
+    first = detector.embed(stream[0].train[:][0])
+    # after one task: the task's Gaussian scores (nothing to resample)
+    np.testing.assert_allclose(
+        detector.memory["mean"].numpy(), first.double().mean(0).numpy(), atol=1e-6
+    )
+    state = torch.get_rng_state()
+    strategy.learn(stream[1])
+    torch.set_rng_state(state)
+    generator = seeded_generator()  # what ``learn`` drew the samples with
+    drawn = sample_gaussian(strategy.task_memories[0], 6, generator)  # [6, D]
+    current = detector.embed(stream[1].train[:][0])
+    pooled = torch.nn.functional.normalize(torch.cat([drawn, current]), dim=1).double()
+    reference = LedoitWolf().fit(pooled.numpy())
+    np.testing.assert_allclose(detector.memory["mean"].numpy(), reference.location_, atol=1e-6)
+    np.testing.assert_allclose(
+        detector.memory["covariance"].numpy(), reference.covariance_, rtol=1e-4, atol=1e-7
+    )
+    assert float(detector.memory["count"]) == 12
+    # kept: both task Gaussians and the scoring one; the memory grows with the tasks
+    assert len(strategy.memories()) == 3
+    assert strategy.cost_bytes()["memory"] == 3 * gaussian_bytes(DIM)
+    x = stream[1].test[:][0]
+    torch.testing.assert_close(strategy.predict(x, None).image, detector.predict(x).image)
+
+
+def test_gaussian_samples_have_the_memorys_moments():
+    g = torch.Generator().manual_seed(0)
+    covariance = torch.tensor([[2.0, 0.6], [0.6, 0.5]])
+    memory = {"mean": torch.tensor([1.0, -2.0]), "covariance": covariance}
+    samples = sample_gaussian(memory, 20000, g).double()
+    torch.testing.assert_close(samples.mean(0), memory["mean"].double(), atol=0.03, rtol=0)
+    torch.testing.assert_close(torch.cov(samples.T), covariance.double(), atol=0.05, rtol=0)
+    again = sample_gaussian(memory, 5, torch.Generator().manual_seed(1))
+    assert torch.equal(again, sample_gaussian(memory, 5, torch.Generator().manual_seed(1)))
+
+
+def test_resample_is_dnes_alone():
+    with pytest.raises(ConfigError, match=r"strategy\.variant: 'resample'.*patchcore"):
+        ContinualMemoryBank.check_arguments({"variant": "resample"}, PatchCore)
+    ContinualMemoryBank.check_arguments({"variant": None}, Dne)
+    ContinualMemoryBank.check_arguments({"variant": None}, PatchCore)  # single_bank
+
+
+def test_memory_is_t_gaussians_and_the_closest_one_scores():
+    torch.manual_seed(0)
+    strategy = ContinualMemoryBank(dne, variant="per_task")
     stream = tasks([0.1, 0.5, 0.9])
     for t, task in enumerate(stream):
         strategy.learn(task)
@@ -135,7 +189,7 @@ def test_pooled_variant_holds_one_gaussian():
     assert strategy.cost_bytes()["memory"] == gaussian_bytes(DIM)  # one Gaussian, not two
 
 
-@pytest.mark.parametrize("variant", ["single_bank", "per_task"])
+@pytest.mark.parametrize("variant", ["single_bank", "per_task", "resample"])
 def test_state_round_trip_resumes(variant, tmp_path):
     torch.manual_seed(0)
     strategy = ContinualMemoryBank(dne, variant=variant)

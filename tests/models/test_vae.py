@@ -79,6 +79,39 @@ def test_loss_terms_are_the_elbo_per_image():
     assert terms["recon"].item() > SIZE * SIZE * 3 * 0.01
 
 
+def test_clad_weighting_averages_the_error_over_every_value_and_divides_by_the_batch_again(
+    caplog,
+):
+    x = torch.rand(4, 3, SIZE, SIZE)
+    torch.manual_seed(0)
+    ours = VAE(**TINY, beta=2.0, training=TINY_TRAINING)
+    torch.manual_seed(0)
+    with caplog.at_level("WARNING", logger="clad.models.vae"):
+        clad = VAE(**TINY, beta=2.0, loss_weighting="clad", training=TINY_TRAINING)
+    torch.manual_seed(1)  # the same noise for both
+    per_image = ours.loss(x)
+    torch.manual_seed(1)
+    weighted = clad.loss(x)
+    values = 4 * 3 * SIZE * SIZE
+    # CLAD: (mean_{b,c,h,w} (x_hat - x)^2 + beta * sum KL) / B; ours: sum (x_hat - x)^2 / B
+    torch.testing.assert_close(weighted["recon"] * values, per_image["recon"])
+    torch.testing.assert_close(weighted["kl"], per_image["kl"])
+    torch.testing.assert_close(weighted["loss"], weighted["recon"] + 2.0 * weighted["kl"])
+
+
+def test_clad_weighting_is_noticed_once_per_process(caplog, monkeypatch):
+    import clad.models.vae as vae_module
+
+    monkeypatch.setattr(vae_module, "_clad_weighting_noticed", False)
+    with caplog.at_level("WARNING", logger="clad.models.vae"):
+        VAE(**TINY, training=TINY_TRAINING)
+        assert not caplog.records  # per_image says nothing
+        VAE(**TINY, loss_weighting="clad", training=TINY_TRAINING)
+        VAE(**TINY, loss_weighting="clad", training=TINY_TRAINING)
+    notices = [r for r in caplog.records if "collapses" in r.getMessage()]
+    assert len(notices) == 1
+
+
 def test_training_logs_the_terms_and_lowers_the_loss():
     detector = fitted(epochs=6)
     history = detector.history

@@ -106,6 +106,41 @@ def test_pooled_padim_equals_joint_fit():
     torch.testing.assert_close(cov_s.cpu(), cov_j.cpu(), rtol=1e-5, atol=1e-5)
 
 
+def test_average_is_clads_running_mean_of_means_and_precisions():
+    """CLAD's PaDiM ``cl``: MEAN = (t * MEAN + mean_t) / (t + 1), COV (the precision) alike."""
+    from clad.models.components.gaussian import inverse_covariance
+
+    torch.manual_seed(0)
+    strategy = ContinualMemoryBank(padim, variant="average")
+    stream = tasks([0.2, 0.5, 0.8], n=5)
+    for task in stream:
+        strategy.learn(task)
+    detector = strategy.detector
+    eps = detector.covariance_eps
+    each = [gaussian(detector.build_memory(task.train), eps) for task in stream]
+    mean = sum(m for m, _ in each) / 3
+    precision = sum(inverse_covariance(c) for _, c in each) / 3
+    memory = detector.memory
+    torch.testing.assert_close(memory["mean"].double().cpu(), mean.cpu(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        memory["precision"].double().cpu(), precision.cpu(), rtol=1e-3, atol=1e-3
+    )
+    assert float(memory["tasks"]) == 3
+    assert len(strategy.memories()) == 1 and strategy.memory_bytes() == 0  # the detector's
+    # scoring uses the averaged Gaussian as is
+    x = stream[0].test[:][0]
+    torch.testing.assert_close(strategy.predict(x, None).image, detector.predict(x).image)
+    restored = ContinualMemoryBank(padim, variant="average")
+    restored.load_state_dict(strategy.state_dict())
+    torch.testing.assert_close(restored.predict(x, None).image, detector.predict(x).image)
+
+
+def test_average_is_padims_alone():
+    with pytest.raises(ConfigError, match=r"strategy\.variant: 'average'.*'patchcore'"):
+        ContinualMemoryBank.check_arguments({"variant": "average"}, PatchCore)
+    ContinualMemoryBank.check_arguments({"variant": "average"}, Padim)
+
+
 @pytest.mark.parametrize("variant", ["single_bank", "per_task"])
 def test_state_round_trip_resumes(variant, tmp_path):
     torch.manual_seed(0)

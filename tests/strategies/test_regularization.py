@@ -47,6 +47,37 @@ def test_ewc_penalty_is_zero_at_the_old_parameters_and_grows_quadratically_away(
     assert penalties[2] == pytest.approx(expected, rel=1e-4)
 
 
+def test_ewc_lambda_is_twice_avalanches_for_the_same_penalty():
+    """The paper's (lambda / 2) here; Avalanche's ``EWCPlugin`` adds lambda * sum F d^2."""
+    from types import SimpleNamespace
+
+    from avalanche.training.plugins import EWCPlugin
+    from avalanche.training.utils import ParamData
+
+    torch.manual_seed(0)
+    strategy = EWC(RecordingTrained, ewc_lambda=6.0)
+    strategy.learn(unit_tasks([8])[0])
+    detector = strategy.detector
+    with torch.no_grad():
+        for p in detector.trainable_parameters().values():
+            p.add_(0.03)
+    plugin = EWCPlugin(ewc_lambda=3.0)  # half of ours
+    for name in strategy.anchors[0]:
+        anchor, fisher = strategy.anchors[0][name], strategy.fishers[0][name]
+        plugin.saved_params[0][name] = ParamData(name, init_tensor=anchor.clone())
+        plugin.importances[0][name] = ParamData(name, init_tensor=fisher.clone())
+    run = SimpleNamespace(
+        clock=SimpleNamespace(train_exp_counter=1),
+        device="cpu",
+        model=detector.network,
+        loss=torch.zeros(()),
+    )
+    plugin.before_backward(run)
+    ours = float(strategy.penalty(detector).detach())
+    assert ours > 0
+    assert float(run.loss.detach()) == pytest.approx(ours, rel=1e-5)
+
+
 def test_ewc_penalty_enters_the_training_loss_and_holds_the_weights_back():
     tasks = unit_tasks([8, 8])
     moved = {}

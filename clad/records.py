@@ -56,10 +56,15 @@ def dataset_length(data: Dataset) -> int:
 
 @dataclass(frozen=True)
 class Task:
-    """One experience of the stream: a category with its train, validation and test splits.
+    """One experience of the stream: one or more categories, learnt together, with their train,
+    validation and test splits.
 
     Datasets yield ``(image [3, H, W] float in [0, 1], mask [1, H, W] float in {0, 1}, label int)``.
     ``val`` holds normal training images only, held out for model selection and thresholds.
+    ``test`` holds every category's test images; ``categories`` names the task's categories and
+    ``category_tests`` holds each one's test set alone (results are reported per category;
+    both are empty for a task built without them, which then counts as one category named
+    ``name`` with ``test`` as its test set: see ``parts``).
 
     Machine sounds carry the grouping that DCASE's metrics need: ``test_sections`` and
     ``test_domains``, one entry per test clip in ``test``'s order (a domain is None for data
@@ -74,6 +79,28 @@ class Task:
     has_masks: bool = True
     test_sections: tuple[str, ...] | None = None
     test_domains: tuple[str | None, ...] | None = None
+    categories: tuple[str, ...] = ()
+    category_tests: tuple[Dataset, ...] = ()
+    category_has_masks: tuple[bool, ...] = ()
+
+    def parts(self) -> list[Task]:
+        """One task per category of this one, each with its own test set (this task itself when
+        it holds one category): what results are reported for."""
+        if len(self.categories) <= 1:
+            return [self]
+        return [
+            Task(
+                task_id=self.task_id,
+                name=name,
+                train=self.train,
+                val=self.val,
+                test=test,
+                has_masks=has_masks,
+            )
+            for name, test, has_masks in zip(
+                self.categories, self.category_tests, self.category_has_masks, strict=True
+            )
+        ]
 
 
 @dataclass(frozen=True)
@@ -92,10 +119,13 @@ class Scores:
 @dataclass
 class ScoredSet:
     """Scores of one dataset, in its order: labels [N], image scores [N], masks and maps
-    [N, H, W] (or None), and the seconds ``predict`` took."""
+    [N, H, W] (or None), the seconds ``predict`` took, and, for a method that routes each image
+    to one of its per-task parts, the task index of the part that scored it [N] (None for
+    others)."""
 
     labels: np.ndarray
     image: np.ndarray
     masks: np.ndarray | None
     maps: np.ndarray | None
     seconds: float
+    routes: np.ndarray | None = None

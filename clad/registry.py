@@ -1,18 +1,25 @@
-"""Name -> class tables for detectors and strategies, and validated construction from config.
+"""Name -> class tables for detectors and strategies, plugins, and validation from signatures.
 
 Tables are explicit dicts filled by ``register_*`` decorators when a detector or strategy module
 is imported; this module imports none of them. ``clad.models`` and ``clad.strategies`` import
 every one of their modules, so a caller that needs the full tables imports those two packages
-(``clad.config`` does). A constructor's keyword arguments are its
-config schema: ``build`` validates a config dict against the signature (types included, unknown
-keys rejected) before calling it.
+(``clad.config`` does). A constructor's keyword arguments are its config schema:
+``validate_params`` validates a config dict against the signature (types and ranges included,
+unknown keys rejected).
+
+Plugins (``resolve``): a name that is not in a table is an import path
+(``"my_package.my_module:MyDetector"``) or the name of an entry point of an installed package in
+the group ``clad.detectors`` / ``clad.strategies``. A plugin class gets exactly what a built-in
+gets; the caller checks that it is a detector (strategy) by passing the base class.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import typing
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -56,11 +63,72 @@ def strategy_table() -> dict[str, type[Any]]:
 
 
 def lookup(table: dict[str, type[Any]], name: str, kind: str, where: str) -> type[Any]:
+    """The built-in class registered as ``name``; a ``ConfigError`` listing the known ones."""
     if name not in table:
         raise ConfigError(
             f"{where}: {kind}.name: unknown {kind} {name!r}; known: {', '.join(sorted(table))}"
         )
     return table[name]
+
+
+ENTRY_POINT_GROUPS = {"detector": "clad.detectors", "strategy": "clad.strategies"}
+"""The entry-point groups in which installed packages offer detectors and strategies."""
+
+
+def plugin_names(kind: str) -> list[str]:
+    """The names of the entry points installed packages offer for ``kind``."""
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUPS[kind]))
+
+
+def resolve(kind: str, name: str, base: type[Any], where: str) -> type[Any]:
+    """The class a configuration names as its ``kind`` (``detector`` or ``strategy``): a built-in
+    of the table, an import path ``"package.module:Class"``, or an entry point of the group
+    ``ENTRY_POINT_GROUPS[kind]``. It must be a subclass of ``base``.
+
+    Raises:
+        ConfigError: one line naming ``where``, the name and what was expected: an unknown name
+            (listing the built-ins and the installed plugins), a module that does not import, a
+            missing attribute, or a class that is not a ``base``.
+    """
+    table = DETECTORS if kind == "detector" else STRATEGIES
+    field = f"{where}: {kind}.name"
+    expected = f"a subclass of {base.__module__}.{base.__qualname__}"
+    found: Any
+    if name in table:
+        return table[name]
+    if ":" in name:
+        module_name, _, attribute = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as err:  # noqa: BLE001  (any import failure is the plugin's: named)
+            raise ConfigError(
+                f"{field}: cannot import {module_name!r} ({type(err).__name__}: {err}); expected "
+                f"'package.module:Class' naming {expected}, importable here"
+            ) from None
+        found = module
+        for part in attribute.split("."):
+            found = getattr(found, part, None)
+        if found is None:
+            raise ConfigError(f"{field}: module {module_name!r} has no {attribute!r}")
+    else:
+        offered = [ep for ep in entry_points(group=ENTRY_POINT_GROUPS[kind]) if ep.name == name]
+        if not offered:
+            plugins = plugin_names(kind)
+            raise ConfigError(
+                f"{field}: unknown {kind} {name!r}; built-in: {', '.join(sorted(table))}"
+                + (f"; installed plugins: {', '.join(plugins)}" if plugins else "")
+                + "; or name a class by its import path, 'package.module:Class'"
+            )
+        try:
+            found = offered[0].load()
+        except Exception as err:  # noqa: BLE001
+            raise ConfigError(
+                f"{field}: the entry point {name!r} ({offered[0].value}) does not load "
+                f"({type(err).__name__}: {err})"
+            ) from None
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise ConfigError(f"{field}: {name!r} is {found!r}, not {expected}")
+    return found
 
 
 def signature_model(cls: type[Any], context: tuple[str, ...] = ()) -> type[BaseModel]:
@@ -120,10 +188,19 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 SECRET_WORDS = ("key", "token", "secret", "password", "credential")
 
 
+SHOWN_LIMIT = 100  # characters of a value an error message repeats
+
+
 def shown(field: str, value: Any) -> str:
-    """A value for an error message; never the value of a key that looks like a secret."""
+    """A value for an error message: never the value of a key that looks like a secret, and
+    at most ``SHOWN_LIMIT`` characters of its ``repr`` (a 5 MB value is not echoed whole)."""
     last = field.rsplit(".", 1)[-1].lower()
-    return "<hidden>" if any(word in last for word in SECRET_WORDS) else repr(value)
+    if any(word in last for word in SECRET_WORDS):
+        return "<hidden>"
+    text = repr(value)
+    if len(text) <= SHOWN_LIMIT:
+        return text
+    return f"{text[: SHOWN_LIMIT - 20]}... ({len(text)} characters)"
 
 
 def format_validation_error(

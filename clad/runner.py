@@ -67,19 +67,28 @@ def score_dataset(
     batch_size: int,
     with_masks: bool,
     time_curves: bool = False,
+    oracle_part: int | None = None,
 ) -> ScoredSet:
     """Score ``data`` in order. ``time_curves`` (audio) keeps each map [H, W] as its mean over H,
     [1, W]: a score per frame, where whole spectrogram maps of DCASE-size test sets would not fit
-    in memory."""
-    labels, images, masks, maps = [], [], [], []
+    in memory. ``oracle_part``: score with that task's part (``Strategy.predict_part``) instead
+    of the method's own routing."""
+    labels, images, masks, maps, routes = [], [], [], [], []
     seconds = 0.0
     # a generator of its own: scoring never moves the run's global RNG (private_generator)
     loader = DataLoader(data, batch_size=batch_size, generator=private_generator())
     for x, mask, label in loader:
         start = time.perf_counter()
         with phase("predict"):
-            scores = strategy.predict(x, task_id)
+            if oracle_part is None:
+                scores, routed = strategy.predict_routed(x, task_id)
+            else:
+                part_scores = strategy.predict_part(x, oracle_part)
+                assert part_scores is not None  # asked only of strategies with parts
+                scores, routed = part_scores, None
         seconds += time.perf_counter() - start
+        if routed is not None:
+            routes.append(routed.cpu().numpy())
         labels.append(label.numpy())
         images.append(scores.image.float().numpy())
         masks.append(mask[:, 0].numpy() > 0.5)
@@ -93,6 +102,7 @@ def score_dataset(
         masks=np.concatenate(masks) if with_masks else None,
         maps=np.concatenate(maps) if has_maps else None,
         seconds=seconds,
+        routes=np.concatenate(routes).astype(int) if routes else None,
     )
 
 
@@ -110,13 +120,44 @@ def _audio_groups(task: Task) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
     return task.test_sections, task.test_domains
 
 
+def categories_of(tasks: Sequence[Task]) -> list[Task]:
+    """Every category of the stream as a task of its own (``Task.parts``), in stream order:
+    the columns of the category matrices."""
+    return [part for task in tasks for part in task.parts()]
+
+
+def learned_steps(tasks: Sequence[Task]) -> np.ndarray:
+    """[C] the step at which each category of ``categories_of(tasks)`` is learned."""
+    return np.array([k for k, task in enumerate(tasks) for _ in task.parts()], dtype=int)
+
+
+def task_means(category_row: np.ndarray, tasks: Sequence[Task]) -> np.ndarray:
+    """[T] a task's cell as the mean of its categories' cells (NaN ones left out; NaN when all
+    are) from one row [C] of a category matrix."""
+    steps = learned_steps(tasks)
+    means = np.full(len(tasks), np.nan)
+    for k in range(len(tasks)):
+        cells = category_row[steps == k]
+        kept = cells[~np.isnan(cells)]
+        if kept.size:
+            means[k] = kept.mean()
+    return means
+
+
 @dataclass
 class Progress:
-    """What a run has produced so far: the T x T matrices, costs and thresholds per task, and
-    the first task still to learn."""
+    """What a run has produced so far: the T x T task matrices and the T x C category matrices
+    (a task's cell is the mean of its categories'; the two are equal when every task holds one
+    category), costs and thresholds per task, and the first task still to learn."""
 
     matrices: dict[str, np.ndarray]
+    category_matrices: dict[str, np.ndarray]
     costs: dict[str, list[float]]
+    # methods that route each image to a per-task part: [T, C] share of a category's test
+    # images sent to its own task's part, and the matrices scored with oracle routing
+    routing: np.ndarray | None = None
+    oracle_matrices: dict[str, np.ndarray] = field(default_factory=dict)
+    oracle_category_matrices: dict[str, np.ndarray] = field(default_factory=dict)
     # kind ("image", "pixel") -> one row of per-task thresholds per step
     thresholds: dict[str, list[list[float]]] = field(
         default_factory=lambda: {"image": [], "pixel": []}
@@ -217,9 +258,11 @@ class Run:
         """Fresh matrices, or (with ``resume``) the state after the last checkpointed task: the
         strategy, the matrices, costs, thresholds and every RNG."""
         names = [t.name for t in tasks]
-        n = len(tasks)
+        n, c = len(tasks), len(categories_of(tasks))
+        metrics = self._metric_names(tasks)
         progress = Progress(
-            matrices={m: np.full((n, n), np.nan) for m in self._metric_names(tasks)},
+            matrices={m: np.full((n, n), np.nan) for m in metrics},
+            category_matrices={m: np.full((n, c), np.nan) for m in metrics},
             costs={k: [] for k in COST_KEYS},
         )
         found = self.folder.last_good_checkpoint() if self.resume else None
@@ -233,6 +276,14 @@ class Run:
             )
         strategy.load_state_dict(saved["strategy"])
         progress.matrices = {m: np.array(v, dtype=float) for m, v in saved["matrices"].items()}
+        progress.category_matrices = {
+            m: np.array(v, dtype=float) for m, v in saved["category_matrices"].items()
+        }
+        if saved.get("routing") is not None:
+            progress.routing = np.array(saved["routing"], dtype=float)
+        for kind in ("oracle_matrices", "oracle_category_matrices"):
+            arrays = {m: np.array(v, dtype=float) for m, v in saved.get(kind, {}).items()}
+            setattr(progress, kind, arrays)
         progress.costs, progress.thresholds = saved["costs"], saved["thresholds"]
         set_rng_state(saved["rng"])
         progress.start = saved["task"] + 1
@@ -264,16 +315,15 @@ class Run:
         image_thr, pixel_thr = self._thresholds(strategy, tasks, t, thresholds)
         thresholds["image"].append(image_thr)
         thresholds["pixel"].append(pixel_thr)
-        row = self._evaluate_row(strategy, tasks, t, progress.matrices, image_thr, pixel_thr, costs)
+        row = self._evaluate_row(strategy, tasks, t, progress, image_thr, pixel_thr, costs)
         for kind, value in strategy.cost_bytes().items():
             costs[f"{kind}_mb"].append(value / 2**20)
         costs["peak_memory_mb"].append(peak_memory_mb(device_type))
-        names = [task.name for task in tasks]
-        summary = self._summary(strategy, progress, t)
-        record = self._record(names, progress, summary, t + 1, wall_start)
+        summary = self._summary(strategy, progress, tasks, t)
+        record = self._record(tasks, progress, summary, t + 1, wall_start)
         with phase("files"):
             files.write_json(self.metrics_path, record)
-        values = self._step_values(progress.matrices, summary, costs, t, names)
+        values = self._step_values(progress, summary, costs, t, tasks)
         with phase("loggers"):
             for logger in loggers:
                 logger.log_task(t, tasks[t].name, values)
@@ -296,6 +346,8 @@ class Run:
                 "tasks": [task.name for task in tasks],
                 "strategy": strategy.state_dict(),
                 "matrices": {m: v.tolist() for m, v in progress.matrices.items()},
+                "category_matrices": {m: v.tolist() for m, v in progress.category_matrices.items()},
+                **routing_record(progress),
                 "costs": progress.costs,
                 "thresholds": progress.thresholds,
                 "rng": rng_state(),
@@ -313,13 +365,13 @@ class Run:
     ) -> dict:
         """The final record, ``metrics.csv``, the plots and the loggers' end of run."""
         if last_row is None:  # resumed a finished run: score the final row again for the plots
-            last_row = [self._score(strategy, task) for task in tasks]
-        names = [task.name for task in tasks]
-        summary = self._summary(strategy, progress, len(tasks) - 1)
-        record = self._record(names, progress, summary, len(tasks), wall_start)
+            last_row = [self._score(strategy, part) for part in categories_of(tasks)]
+        summary = self._summary(strategy, progress, tasks, len(tasks) - 1)
+        record = self._record(tasks, progress, summary, len(tasks), wall_start)
         with phase("files"):
             files.write_json(self.metrics_path, record)
             write_metrics_csv(self.dir / "metrics.csv", record)
+            write_category_csv(self.dir / "metrics_categories.csv", record)
         produced: list[Path] = []
         if self.config.output.plots:
             with phase("plots"):
@@ -333,12 +385,34 @@ class Run:
         )
         return record
 
-    def _summary(self, strategy: Strategy, progress: Progress, t: int) -> dict[str, float]:
-        """The CL summary after task ``t``; for machine sounds with domains also DCASE's official
-        score (``clad.metrics.audio.official_score``)."""
-        summary = summarize(progress.matrices, upto=t, transfer=not strategy.sees_future_tasks)
+    def _summary(
+        self, strategy: Strategy, progress: Progress, tasks: Sequence[Task], t: int
+    ) -> dict[str, float]:
+        """The CL summary after task ``t`` (over the category matrices:
+        ``clad.metrics.continual.summarize``); for machine sounds with domains also DCASE's
+        official score (``clad.metrics.audio.official_score``)."""
+        summary = summarize(
+            progress.matrices,
+            upto=t,
+            transfer=not strategy.sees_future_tasks,
+            category_matrices=progress.category_matrices,
+            learned=learned_steps(tasks),
+        )
         if self.config.dataset.modality == "audio":
             summary[OFFICIAL_SCORE] = official_score(progress.matrices, t)
+        if progress.routing is not None:
+            seen = progress.routing[t, learned_steps(tasks) <= t]
+            kept = seen[~np.isnan(seen)]
+            summary["routing/accuracy"] = float(kept.mean()) if kept.size else math.nan
+        if progress.oracle_matrices:
+            oracle = summarize(
+                progress.oracle_matrices,
+                upto=t,
+                transfer=False,
+                category_matrices=progress.oracle_category_matrices,
+                learned=learned_steps(tasks),
+            )
+            summary.update({f"oracle/{k}": v for k, v in oracle.items()})
         return summary
 
     def _plots(self, record: dict, last_row: list[ScoredSet], tasks: Sequence[Task]) -> list[Path]:
@@ -353,13 +427,20 @@ class Run:
             )
         from clad.tracking.plots import write_run_plots
 
-        return write_run_plots(self.dir, record, last_row, tasks, overlays)
+        return write_run_plots(self.dir, record, last_row, categories_of(tasks), overlays)
 
-    def _score(self, strategy: Strategy, task: Task, data: Dataset | None = None) -> ScoredSet:
-        """Scores of ``task``'s test set (or ``data``); non-finite scores stop the run with the
-        settings to look at, instead of failing later inside a metric."""
+    def _score(
+        self,
+        strategy: Strategy,
+        task: Task,
+        data: Dataset | None = None,
+        oracle_part: int | None = None,
+    ) -> ScoredSet:
+        """Scores of ``task``'s test set (or ``data``; with ``oracle_part``, by that task's part
+        of a routing method); non-finite scores stop the run with the settings to look at,
+        instead of failing later inside a metric."""
         task_id = task.task_id if strategy.task_aware else None
-        scored = self._score_data(strategy, task, data, task_id)
+        scored = self._score_data(strategy, task, data, task_id, oracle_part)
         if not np.isfinite(scored.image).all():
             lr = self.config.training.lr
             raise TrainingError(
@@ -371,7 +452,12 @@ class Run:
         return scored
 
     def _score_data(
-        self, strategy: Strategy, task: Task, data: Dataset | None, task_id: int | None
+        self,
+        strategy: Strategy,
+        task: Task,
+        data: Dataset | None,
+        task_id: int | None,
+        oracle_part: int | None = None,
     ) -> ScoredSet:
         return score_dataset(
             strategy,
@@ -380,6 +466,7 @@ class Run:
             self.config.evaluation.batch_size,
             with_masks=task.has_masks,
             time_curves=self.config.dataset.modality == "audio",
+            oracle_part=oracle_part,
         )
 
     def _metric_names(self, tasks: Sequence[Task]) -> tuple[str, ...]:
@@ -432,45 +519,122 @@ class Run:
         strategy: Strategy,
         tasks: Sequence[Task],
         t: int,
-        matrices: dict[str, np.ndarray],
+        progress: Progress,
         image_thr: list[float],
         pixel_thr: list[float],
         costs: dict[str, list[float]],
     ) -> list[ScoredSet]:
+        """Row ``t``: every category's test set scored into the category matrices (with its
+        task's thresholds), and each task's cell the mean of its categories'. Returns the scored
+        sets, one per category."""
         row = []
         images, seconds = 0, 0.0
-        for k, task in enumerate(tqdm(tasks, desc=f"evaluate after task {t}", leave=False)):
-            scored = self._score(strategy, task)
+        parts = categories_of(tasks)
+        steps = learned_steps(tasks)
+        for c, part in enumerate(tqdm(parts, desc=f"evaluate after task {t}", leave=False)):
+            k = int(steps[c])
+            scored = self._score(strategy, part)
             with phase("metrics"):
-                values = self._task_values(task, scored, image_thr[k], pixel_thr[k])
+                values = self._task_values(part, scored, image_thr[k], pixel_thr[k])
             for metric, value in values.items():
-                matrices[metric][t, k] = value
+                progress.category_matrices[metric][t, c] = value
             images += len(scored.labels)
             seconds += scored.seconds
             row.append(scored)
+            if scored.routes is not None and k <= t:
+                thresholds = (image_thr[k], pixel_thr[k])
+                self._record_routing(strategy, part, scored, t, c, k, progress, thresholds)
+        for metric, matrix in progress.category_matrices.items():
+            progress.matrices[metric][t] = task_means(matrix[t], tasks)
+        for metric, matrix in progress.oracle_category_matrices.items():
+            progress.oracle_matrices[metric][t] = task_means(matrix[t], tasks)
         costs["infer_images_per_s"].append(images / max(seconds, 1e-9))
         return row
 
-    def _step_values(self, matrices, summary, costs, t, names) -> dict[str, float]:
+    def _record_routing(
+        self,
+        strategy: Strategy,
+        part: Task,
+        scored: ScoredSet,
+        t: int,
+        c: int,
+        k: int,
+        progress: Progress,
+        thresholds: tuple[float, float],
+    ) -> None:
+        """For a method that routes each image to a per-task part: the share of category c's
+        test images (learnt at task k) sent to task k's part, and, with
+        ``evaluation.oracle_routing``, the category scored by task k's part (the oracle
+        matrices: what the parts themselves lose, routing aside)."""
+        steps, n_categories = (
+            progress.matrices[next(iter(progress.matrices))].shape[0],
+            len(next(iter(progress.category_matrices.values()))[0]),
+        )
+        if progress.routing is None:
+            progress.routing = np.full((steps, n_categories), np.nan)
+        assert scored.routes is not None
+        progress.routing[t, c] = float(np.mean(scored.routes == k))
+        if not self.config.evaluation.oracle_routing:
+            return
+        if not progress.oracle_matrices:
+            for metric in progress.matrices:
+                progress.oracle_matrices[metric] = np.full((steps, steps), np.nan)
+                progress.oracle_category_matrices[metric] = np.full((steps, n_categories), np.nan)
+        oracle = self._score(strategy, part, oracle_part=k)
+        with phase("metrics"):
+            values = self._task_values(part, oracle, *thresholds)
+        for metric, value in values.items():
+            progress.oracle_category_matrices[metric][t, c] = value
+
+    def _step_values(
+        self,
+        progress: Progress,
+        summary: dict[str, float],
+        costs: dict[str, list[float]],
+        t: int,
+        tasks: Sequence[Task],
+    ) -> dict[str, float]:
+        """What is logged after step ``t``: every task's cell (and every category's, for tasks
+        of several), the summary and the step's costs."""
+        names = [task.name for task in tasks]
         values = {
-            f"{m}/{names[k]}": float(matrices[m][t, k]) for m in matrices for k in range(len(names))
+            f"{m}/{names[k]}": float(progress.matrices[m][t, k])
+            for m in progress.matrices
+            for k in range(len(names))
         }
+        if any(len(task.categories) > 1 for task in tasks):
+            categories = [part.name for part in categories_of(tasks)]
+            for m, matrix in progress.category_matrices.items():
+                values.update({f"{m}/{c}": float(matrix[t, i]) for i, c in enumerate(categories)})
         values.update(summary)
         values.update({f"cost/{k}": v[-1] for k, v in costs.items()})
         return values
 
     def _record(
-        self, names: list[str], progress: Progress, summary: dict, completed: int, wall_start: float
+        self,
+        tasks: Sequence[Task],
+        progress: Progress,
+        summary: dict,
+        completed: int,
+        wall_start: float,
     ) -> dict:
+        """``metrics.json``: the task matrices (``tasks`` x ``tasks``), the category matrices
+        (``tasks`` x ``categories``; ``learned``: each category's task), the summary, costs and
+        thresholds."""
         matrices, costs, thresholds = progress.matrices, progress.costs, progress.thresholds
         return {
             "run_name": self.config.run_name,
             "seed": self.seed,
             "detector": self.config.detector["name"],
             "strategy": self.config.strategy["name"],
-            "tasks": names,
+            "tasks": [task.name for task in tasks],
+            "task_categories": [[part.name for part in task.parts()] for task in tasks],
+            "categories": [part.name for part in categories_of(tasks)],
+            "learned": learned_steps(tasks).tolist(),
             "completed_tasks": completed,
             "matrices": {m: v.tolist() for m, v in matrices.items()},
+            "category_matrices": {m: v.tolist() for m, v in progress.category_matrices.items()},
+            **routing_record(progress),
             "summary": summary,
             "costs": {
                 **costs,
@@ -495,5 +659,36 @@ def write_metrics_csv(path: Path, record: dict) -> None:
     files.write_csv(
         path,
         ["metric", "after_task", "after_task_name", "eval_task", "eval_task_name", "value"],
+        rows,
+    )
+
+
+def routing_record(progress: Progress) -> dict:
+    """What a routing method adds to ``metrics.json`` and checkpoints: ``routing`` ([T, C] share
+    of each category's test images sent to its own task's part) and the oracle-routed
+    matrices; empty for other methods."""
+    if progress.routing is None:
+        return {}
+    return {
+        "routing": progress.routing.tolist(),
+        "oracle_matrices": {m: v.tolist() for m, v in progress.oracle_matrices.items()},
+        "oracle_category_matrices": {
+            m: v.tolist() for m, v in progress.oracle_category_matrices.items()
+        },
+    }
+
+
+def write_category_csv(path: Path, record: dict) -> None:
+    """Long form of the category matrices: one row per cell (metric, after_task, category,
+    the task it belongs to, value)."""
+    names, categories, learned = record["tasks"], record["categories"], record["learned"]
+    rows = []
+    for metric, matrix in record["category_matrices"].items():
+        for t, row in enumerate(matrix):
+            for c, value in enumerate(row):
+                rows.append([metric, t, names[t], categories[c], names[learned[c]], value])
+    files.write_csv(
+        path,
+        ["metric", "after_task", "after_task_name", "category", "category_task", "value"],
         rows,
     )

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from clad.models.base import Detector, TrainedDetector, Training
 from clad.records import Scores, Task
+from clad.strategies.base import DetectorFactory, Strategy
 
 
 class RecordingDetector(Detector):
@@ -154,3 +155,48 @@ def counts(seen: list[tuple[int, int]]) -> Counter:
 def param_bytes(detector: TrainedDetector) -> int:
     """Bytes of a trained detector's network parameters."""
     return sum(p.numel() * p.element_size() for p in detector.network.parameters())
+
+
+class RoutedModels(Strategy):
+    """A task-agnostic strategy with one detector per task: each test image goes to the part
+    whose score for it is lowest (as per-task banks route), for tests of routing accuracy and
+    oracle routing. Named in configurations as ``tests.fakes:RoutedModels``."""
+
+    def __init__(self, make_detector: DetectorFactory) -> None:
+        super().__init__(make_detector)
+        self.parts: list[Detector] = []
+
+    def learn(self, task: Task) -> None:
+        detector = self.make_detector()
+        detector.fit(task.train, task.val)
+        self.parts.append(detector)
+        self.detector = detector
+
+    def predict_routed(self, x: Tensor, task_id: int | None) -> tuple[Scores, Tensor | None]:
+        if not self.parts:
+            raise RuntimeError("routed: predict called before any learn")
+        scores = [part.predict(x) for part in self.parts]
+        routes = torch.stack([s.image for s in scores]).argmin(dim=0)  # [B]
+        rows = torch.arange(len(x))
+        image = torch.stack([s.image for s in scores])[routes, rows]
+        pixel = None
+        if scores[0].pixel is not None:
+            pixel = torch.stack([s.pixel for s in scores])[routes, rows]  # type: ignore[misc]
+        return Scores(image=image, pixel=pixel), routes
+
+    def predict(self, x: Tensor, task_id: int | None) -> Scores:
+        return self.predict_routed(x, task_id)[0]
+
+    def predict_part(self, x: Tensor, task_id: int) -> Scores | None:
+        return self.parts[task_id].predict(x)
+
+    def state_dict(self) -> dict:
+        return {"parts": [part.state_dict() for part in self.parts]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.parts = []
+        for saved in state["parts"]:
+            part = self.make_detector()
+            part.load_state_dict(saved)
+            self.parts.append(part)
+        self.detector = self.parts[-1] if self.parts else None

@@ -12,7 +12,10 @@ Layers, from the bottom (imported by everything above) to the top (imports what 
 5. ``clad.config``: it composes the benchmarks' dataset block and validates detector and
    strategy parameters against the registered classes.
 6. ``clad.runner``: the one loop; it owns everything below.
-7. ``clad.sweep``: grids of runs. 8. ``clad.perf``, ``clad.cli``: entry points.
+7. ``clad.sweeps``: grids of runs.
+8. ``clad.api`` (run, sweep, load_run) and ``clad.testing`` (the public contract checks).
+9. ``clad.perf``, ``clad.cli``: entry points. 10. ``clad`` itself: the package re-exports the
+   API (lazily, so ``import clad`` stays light).
 
 A module may import a module of a lower layer, or one of its own package (the same group below).
 Module-level, function-level and ``TYPE_CHECKING`` imports all count.
@@ -26,15 +29,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "clad"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("clad", "clad.errors", "clad.profiling"),
+    ("clad.errors", "clad.profiling"),
     ("clad.records", "clad.imageio", "clad.seeding", "clad.registry"),
     ("clad.metrics", "clad.models.components"),
     ("clad.benchmarks", "clad.models", "clad.tracking"),
     ("clad.strategies",),
     ("clad.config",),
     ("clad.runner",),
-    ("clad.sweep",),
+    ("clad.sweeps",),
+    ("clad.api", "clad.testing"),
     ("clad.perf", "clad.cli"),
+    ("clad",),
 )
 
 # Arrows that break the rule on purpose, each with its reason. Keep this short.

@@ -6,9 +6,13 @@ configuration; ``clad.config`` composes it into ``RunConfig``. Every block forbi
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+CATEGORY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+"""A category name: letters, digits, ``_``, ``.``, ``-``, starting with a letter or digit (no
+path separators, no ``..``): names become parts of output file names."""
 
 
 class Block(BaseModel):
@@ -54,7 +58,10 @@ class AudioConfig(Block):
 
     ``frames``: columns kept per clip (cut, or wrapped when the clip is shorter; 313 = 10 s at hop
     512). ``db_range``: [low, high] dB mapped to [0, 1]; null = the min and max over the first
-    task's training clips. ``cache_dir``: null = ``<root>/.clad_cache``.
+    task's training clips. ``cache_dir``: null = the user's cache,
+    ``$CLAD_CACHE_DIR`` else ``$XDG_CACHE_HOME/clad`` else ``~/.cache/clad``, in a folder of its
+    own per dataset root (``audio_features.default_cache_dir``); never the dataset root, which
+    may be read-only.
     """
 
     sample_rate: int = Field(16000, ge=1000)
@@ -113,6 +120,16 @@ class DatasetConfig(Block):
     ``synthetic.layout`` (``visa``, ``mvtec_ad2``) and is then read by that layout's reader.
     Default roots when ``root`` is not given: ``data/visa``, ``data/mvtec_ad2``, and
     ``data/synthetic_<layout>`` for a synthetic set in a layout other than ``mvtec``.
+
+    Tasks: ``categories`` streams one category per task; ``tasks`` lists the categories of each
+    task (``[["bottle", "cable"], ["capsule"]]``: a task learns its categories together);
+    ``protocol`` names a protocol of ``clad.benchmarks.protocols`` (``mvtec_15x1``,
+    ``mvtec_10-1x5``, ``visa_8-4``, ...; a drift protocol takes exactly one ``categories``
+    entry). At most one of ``categories`` and ``tasks`` with a protocol other than drift.
+    ``order`` reorders the categories and keeps the step sizes: ``protocol`` (as given),
+    ``alphabetical``, ``random`` (seeded by the run's seed: a sweep over seeds is a sweep over
+    orders) or an explicit list of every category. Category names are plain names
+    (``CATEGORY_NAME``): they become parts of file names.
     """
 
     name: Literal[
@@ -127,7 +144,10 @@ class DatasetConfig(Block):
         "synthetic_audio",
     ] = "synthetic"
     root: str = "data/synthetic"
-    categories: list[str] | None = None
+    categories: list[Annotated[str, Field(pattern=CATEGORY_NAME)]] | None = None
+    tasks: list[list[Annotated[str, Field(pattern=CATEGORY_NAME)]]] | None = None
+    protocol: str | None = None
+    order: Literal["protocol", "alphabetical", "random"] | list[str] = "protocol"
     image_size: int = Field(64, ge=16, le=1024)
     crop_size: int | None = Field(None, ge=16, le=1024)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
@@ -198,6 +218,97 @@ class DatasetConfig(Block):
             raise ValueError("categories must not repeat")
         return value
 
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, value: list[list[str]] | None) -> list[list[str]] | None:
+        if value is None:
+            return value
+        if not value or any(not task for task in value):
+            raise ValueError("needs at least one task, each of at least one category")
+        flat = [c for task in value for c in task]
+        repeated = sorted({c for c in flat if flat.count(c) > 1})
+        if repeated:
+            raise ValueError(f"a category belongs to one task only; repeated: {repeated}")
+        return value
+
+    @model_validator(mode="after")
+    def _task_list(self) -> DatasetConfig:
+        from clad.benchmarks.catalog import did_you_mean
+        from clad.benchmarks.protocols import PROTOCOLS
+
+        if self.protocol is not None:
+            protocol = PROTOCOLS.get(self.protocol)
+            if protocol is None:
+                hint = did_you_mean(self.protocol, list(PROTOCOLS))
+                raise ValueError(
+                    f"protocol {self.protocol!r} unknown{hint}; known: {', '.join(PROTOCOLS)} "
+                    "(python main.py protocols lists them)"
+                )
+            if protocol.drift is not None:
+                if self.use_3D_dataset:
+                    raise ValueError(f"protocol {self.protocol!r} drifts RGB images only")
+                if self.tasks is not None or self.categories is None or len(self.categories) != 1:
+                    raise ValueError(
+                        f"protocol {self.protocol!r} drifts one category: give exactly one in "
+                        "dataset.categories"
+                    )
+            elif self.tasks is not None or self.categories is not None:
+                raise ValueError(
+                    f"protocol {self.protocol!r} names its categories: leave dataset.categories "
+                    "and dataset.tasks out (dataset.order reorders them)"
+                )
+            elif protocol.dataset != self.name:
+                raise ValueError(
+                    f"protocol {self.protocol!r} is defined on {protocol.dataset}, not "
+                    f"{self.name!r}"
+                )
+        elif self.tasks is not None and self.categories is not None:
+            raise ValueError("give dataset.categories (one per task) or dataset.tasks, not both")
+        if self.modality == "audio" and (self.tasks is not None or self.protocol is not None):
+            raise ValueError("machine sounds stream one machine type per task: use categories")
+        if isinstance(self.order, list):
+            wanted = sorted(c for step in self.base_steps() for c in step)
+            if sorted(self.order) != wanted:
+                raise ValueError(
+                    f"order {self.order} must list every category once: {', '.join(wanted)}"
+                )
+        return self
+
+    def base_steps(self) -> tuple[tuple[str, ...], ...]:
+        """The categories of each task before ``order`` applies: the protocol's steps, the
+        ``tasks``, or one task per category."""
+        from clad.benchmarks.protocols import PROTOCOLS
+
+        protocol = PROTOCOLS.get(self.protocol) if self.protocol else None
+        if protocol is not None and protocol.drift is None:
+            return protocol.steps
+        if self.tasks is not None:
+            return tuple(tuple(task) for task in self.tasks)
+        if protocol is not None and protocol.drift is not None:  # one category at every step
+            from clad.benchmarks.drift import drift_steps
+
+            return drift_steps(self.category_list[0], protocol.drift)
+        return tuple((c,) for c in self.category_list)
+
+    def task_categories(self, seed: int) -> tuple[tuple[str, ...], ...]:
+        """The categories of each task, in stream order: ``base_steps`` with ``order`` applied
+        (the step sizes kept; ``random`` permutes with ``seed``)."""
+        from clad.benchmarks.protocols import split
+
+        steps = self.base_steps()
+        if self.order == "protocol" or (self.protocol or "").startswith("drift_"):
+            return steps
+        flat = [c for step in steps for c in step]
+        if self.order == "alphabetical":
+            flat = sorted(flat)
+        elif self.order == "random":
+            import numpy as np
+
+            flat = [flat[i] for i in np.random.default_rng(seed).permutation(len(flat))]
+        else:
+            flat = list(self.order)
+        return split(flat, [len(step) for step in steps])
+
     @model_validator(mode="after")
     def _audio_block(self) -> DatasetConfig:
         if self.name in AUDIO_DATASETS and self.audio is None:
@@ -214,6 +325,12 @@ class DatasetConfig(Block):
         default order (``clad.benchmarks.catalog.default_categories``)."""
         from clad.benchmarks.catalog import default_categories
 
+        if self.tasks is not None:
+            return tuple(c for task in self.tasks for c in task)
+        if self.protocol is not None and not self.protocol.startswith("drift_"):
+            from clad.benchmarks.protocols import PROTOCOLS
+
+            return PROTOCOLS[self.protocol].categories
         return tuple(self.categories) if self.categories else default_categories(self.name)
 
     @property

@@ -10,8 +10,10 @@ from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datas
 from avalanche.benchmarks.utils import AvalancheDataset
 from torch.utils.data import Dataset
 
+from clad.benchmarks.drift import Corruption, DriftDataset
 from clad.benchmarks.mvtec import ImageDataset, read_category
 from clad.benchmarks.mvtec_ad2 import read_category_ad2
+from clad.benchmarks.protocols import PROTOCOLS
 from clad.benchmarks.spec import DatasetConfig
 from clad.benchmarks.synthetic import generate_dataset
 from clad.benchmarks.validation import split_validation
@@ -73,9 +75,12 @@ def _read_3d(config: DatasetConfig, root: Path, categories: list[str]) -> Reader
 def build_tasks(config: DatasetConfig, seed: int) -> list[Task]:
     """Read (generating the synthetic set first when needed) and stream the categories.
 
-    Returns one ``Task`` per category in the configured order; the datasets are those of an
-    Avalanche ``benchmark_from_datasets`` scenario (train, val and test streams). Audio datasets
-    (machine types as tasks) are read by ``clad.benchmarks.dcase.build_audio_tasks``.
+    Returns one ``Task`` per step of ``config.task_categories(seed)`` (one category each, or
+    several learnt together, or the steps of a drift), each category read and decoded once; the
+    datasets are those of an Avalanche ``benchmark_from_datasets`` scenario (train, val and test
+    streams; a task's are the concatenation of its categories'), with each category's own test
+    set in ``Task.category_tests``. Audio datasets (machine types as tasks) are read by
+    ``clad.benchmarks.dcase.build_audio_tasks``.
     """
     if config.modality == "audio":
         from clad.benchmarks.dcase import build_audio_tasks
@@ -109,25 +114,62 @@ def build_tasks(config: DatasetConfig, seed: int) -> list[Task]:
             n_test_per_defect=gen.n_test_per_defect,
             layout=gen.layout,
         )
+    steps = config.task_categories(seed)
+    drift = PROTOCOLS[config.protocol].drift if config.protocol else None
+    datasets: dict[str, tuple[Dataset, Dataset, Dataset, bool]] = {}
+
+    def category_sets(category: str) -> tuple[Dataset, Dataset, Dataset, bool]:
+        """(train, val, test, has_masks) of a category, read and decoded once."""
+        if category not in datasets:
+            fit, val, test = read(category)
+            if val is None:
+                fit, val = split_validation(fit, config.val_fraction, seed, category)
+            has_masks = all(s.has_masks for s in test)
+            datasets[category] = (
+                make_dataset(fit),
+                make_dataset(val),
+                make_dataset(test),
+                has_masks,
+            )
+        return datasets[category]
+
     splits: dict[str, list[AvalancheDataset]] = {"train": [], "val": [], "test": []}
-    has_masks = []
-    for category in categories:
-        fit, val, test = read(category)
-        if val is None:
-            fit, val = split_validation(fit, config.val_fraction, seed, category)
-        for split, samples in (("train", fit), ("val", val), ("test", test)):
-            dataset = make_dataset(samples)
-            splits[split].append(AvalancheDataset([dataset]))
-        has_masks.append(all(s.has_masks for s in test))
+    parts: list[tuple[list[Dataset], list[bool]]] = []
+    for step, names in enumerate(steps):
+        trains, vals, tests, masks = [], [], [], []
+        for name in names:
+            train, val, test, has_masks = category_sets(categories[0] if drift else name)
+            if drift is not None:  # the category corrupted as this step of the drift says
+                train = DriftDataset(train, Corruption(drift, step, train=True))
+                val = DriftDataset(val, Corruption(drift, step, train=True))
+                test = DriftDataset(test, Corruption(drift, step, train=False))
+            trains.append(train)
+            vals.append(val)
+            tests.append(test)
+            masks.append(has_masks)
+        for split, parts_of_split in (("train", trains), ("val", vals), ("test", tests)):
+            splits[split].append(AvalancheDataset(parts_of_split))
+        parts.append((tests, masks))
     scenario = benchmark_from_datasets(**splits)
     return [
         Task(
             task_id=i,
-            name=category,
+            name=task_name(names, i),
             train=scenario.train_stream[i].dataset,
             val=scenario.val_stream[i].dataset,
             test=scenario.test_stream[i].dataset,
-            has_masks=has_masks[i],
+            has_masks=all(parts[i][1]),
+            categories=tuple(names),
+            category_tests=tuple(parts[i][0]),
+            category_has_masks=tuple(parts[i][1]),
         )
-        for i, category in enumerate(categories)
+        for i, names in enumerate(steps)
     ]
+
+
+def task_name(categories: tuple[str, ...], index: int) -> str:
+    """A task's name: its category, ``a+b+c`` for up to three, else ``step<i>_<n>_categories``
+    (names become parts of file names)."""
+    if len(categories) <= 3:
+        return "+".join(categories)
+    return f"step{index}_{len(categories)}_categories"

@@ -7,7 +7,14 @@ import signal
 import sys
 
 from clad.cli import generate
-from clad.cli.commands import RUN_HELP, Interrupted, cmd_report, cmd_run, cmd_sweep, run_parser
+from clad.cli.commands import (
+    Interrupted,
+    cmd_protocols,
+    cmd_report,
+    cmd_run,
+    cmd_sweep,
+    run_parser,
+)
 from clad.errors import ConfigError, DatasetError, OutputError, TrainingError
 
 COMMANDS = {
@@ -15,6 +22,7 @@ COMMANDS = {
     "sweep": cmd_sweep,
     "report": cmd_report,
     "generate": generate.cmd_generate,
+    "protocols": cmd_protocols,
 }
 
 
@@ -32,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in COMMANDS:
         command, argv = argv[0], argv[1:]
     elif argv and argv[0] in ("-h", "--help") and len(argv) == 1:
-        print(
-            RUN_HELP + "\nCommands: run (default), sweep, report, generate. `clad <command> "
-            "--help` for each."
-        )
         run_parser().print_help()
+        print(
+            "\nCommands: run (default), sweep, report, generate, protocols. "
+            "`clad <command> --help` for each."
+        )
         return 0
     else:
         command = "run"

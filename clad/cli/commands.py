@@ -27,8 +27,39 @@ overlays/, checkpoints/). CLAD benchmark configuration files are accepted too.
 """
 
 
+class RunParser(argparse.ArgumentParser):
+    """The run command's parser: its help ends with the registered detectors and strategies,
+    imported only when the help is printed (a run imports them once its config is read)."""
+
+    def format_help(self) -> str:
+        self.epilog = registered_methods()
+        return super().format_help()
+
+
+def registered_methods(width: int = 96) -> str:
+    """The names ``detector.name`` and ``strategy.name`` take, from the registry's tables."""
+    import textwrap
+
+    import clad.models  # noqa: F401  (fills the detector table)
+    import clad.strategies  # noqa: F401  (fills the strategy table)
+    from clad.registry import detector_table, strategy_table
+
+    def listed(title: str, names: list[str]) -> str:
+        return f"{title}:\n" + textwrap.fill(
+            ", ".join(names), width, initial_indent="  ", subsequent_indent="  "
+        )
+
+    return (
+        listed("Detectors (detector.name)", sorted(detector_table()))
+        + "\n"
+        + listed("Strategies (strategy.name)", sorted(strategy_table()))
+        + '\nor a plugin: "package.module:Class", or an entry point of the group clad.detectors '
+        "/ clad.strategies."
+    )
+
+
 def run_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = RunParser(
         prog="clad run",
         description=RUN_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -42,7 +73,7 @@ def run_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=seed_value,
         nargs="+",
         default=[0],
         help="one or more seeds, run one after another (default 0)",
@@ -68,6 +99,24 @@ def run_parser() -> argparse.ArgumentParser:
         help="start again even if the output folder already holds a run",
     )
     return parser
+
+
+SEED_LIMIT = 2**32
+"""Seeds are below this: NumPy's global seed is a 32-bit unsigned integer."""
+
+
+def seed_value(text: str) -> int:
+    """``--seed``'s type: a non-negative integer below ``SEED_LIMIT``, checked before anything
+    runs (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]} is out of range; a seed is an integer from 0 to {SEED_LIMIT - 1}"
+        )
+    return value
 
 
 def report_parser() -> argparse.ArgumentParser:
@@ -172,17 +221,21 @@ def cmd_run(argv: list[str]) -> int:
     args = run_parser().parse_args(argv)
     config = load_config(args.parameters_path, args.overrides)
     # the run's heavy imports (data readers, metrics, loggers) only once the config is valid
-    from clad.runner import Run
+    from clad.api import run
     from clad.tracking.report import write_run_report
+    from clad.tracking.run_folders import RunFolder
 
     for seed in args.seed:
-        run = Run(config, seed, args.output, resume=args.resume, overwrite=args.overwrite)
         try:
-            run.execute()
+            run(config, seed, output=args.output, resume=args.resume, overwrite=args.overwrite)
         except Interrupted as stop:
+            from clad.tracking.loggers import finish_stopped_wandb
+
+            finish_stopped_wandb(stop.exit_code)  # W&B's closing lines before the resume line
+            folder = Path(args.output or config.output.dir) / config.run_name / f"seed_{seed}"
             print(
-                f"[clad] {stop.signal_name}: stopped; {run.saved_text()}; resume with: "
-                f"{resume_command(args, seed)}",
+                f"[clad] {stop.signal_name}: stopped; {RunFolder(folder).saved_text()}; resume "
+                f"with: {resume_command(args, seed)}",
                 file=sys.stderr,
             )
             return stop.exit_code
@@ -241,7 +294,7 @@ def cmd_report(argv: list[str]) -> int:
 
 
 def cmd_sweep(argv: list[str]) -> int:
-    from clad.sweep import expand, format_plan, load_sweep_spec, run_sweep, summary_line
+    from clad.sweeps import expand, format_plan, load_sweep_spec, run_sweep, summary_line
 
     args = sweep_parser().parse_args(argv)
     spec = load_sweep_spec(args.sweep_file)
@@ -281,3 +334,32 @@ def cmd_sweep(argv: list[str]) -> int:
         paths = write_comparison_report(sweep.sweep_dir)
         print(f"[sweep] report: {paths['md']}, {paths['html']}, {paths['csv']}")
     return 1 if outcome.failures or outcome.not_run else 0
+
+
+def cmd_protocols(argv: list[str]) -> int:
+    """``protocols``: the named protocols (``dataset.protocol``), their steps and sources."""
+    from clad.benchmarks.protocols import PROTOCOLS
+
+    parser = argparse.ArgumentParser(
+        prog="clad protocols",
+        description="List the named continual anomaly-detection protocols "
+        "(dataset.protocol); --name NAME prints one with every step.",
+    )
+    parser.add_argument("--name", default=None, help="print this protocol's steps in full")
+    args = parser.parse_args(argv)
+    if args.name is not None:
+        if args.name not in PROTOCOLS:
+            raise ConfigError(f"--name {args.name!r}: unknown; known: {', '.join(PROTOCOLS)}")
+        protocol = PROTOCOLS[args.name]
+        print(f"{protocol.name} ({protocol.dataset or 'any image dataset'}, {protocol.shape()})")
+        print(f"source: {protocol.source}")
+        for step, categories in enumerate(protocol.steps):
+            print(f"  step {step}: {', '.join(categories)}")
+        if protocol.drift is not None:
+            print("  one category (dataset.categories), 10 steps of growing " + protocol.drift)
+        return 0
+    print(f"{'name':<16} {'dataset':<10} {'steps':<28} source")
+    for protocol in PROTOCOLS.values():
+        steps = protocol.shape()
+        print(f"{protocol.name:<16} {protocol.dataset or 'any':<10} {steps:<28} {protocol.source}")
+    return 0

@@ -1,8 +1,9 @@
-"""From a file and ``--set`` overrides to a validated run configuration (ours or CLAD's)."""
+"""From a file (or a dict) and overrides to a validated run configuration (ours or CLAD's)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,35 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = child
         node[parts[-1]] = parse_value(value.strip())
     return data
+
+
+def set_values(raw: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` (deep-copied) with dotted keys set to Python values (``{"training.epochs": 1,
+    "dataset.categories": ["stripes", "disc"]}``): the Python API's overrides."""
+    data = json.loads(json.dumps(raw))
+    for key, value in values.items():
+        parts = str(key).strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"overrides[{key!r}]: {part!r} is not a block")
+            node = child
+        node[parts[-1]] = json.loads(json.dumps(value))  # plain JSON values, as a file holds
+    return data
+
+
+def config_from_dict(raw: Mapping[str, Any], prefix: str = "[clad]") -> dict[str, Any]:
+    """A run config given as a dict: CLAD's format translated, a ``"base"`` merged in
+    (relative to the working folder)."""
+    data = json.loads(json.dumps(raw))
+    source = Path.cwd() / "<config>.json"
+    if is_clad_format(data):
+        data, ignored = translate(data, source)
+        if ignored:
+            print(f"{prefix} CLAD keys with no meaning here, ignored: {', '.join(ignored)}")
+        return data
+    return merge_base(data, source, ())
 
 
 def read_config(path: str | Path, prefix: str = "[clad]") -> dict[str, Any]:
@@ -97,14 +127,26 @@ def _merged(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(
-    path: str | Path, overrides: list[str] | None = None, check_machine: bool = True
+    path: str | Path | Mapping[str, Any],
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    check_machine: bool = True,
 ) -> RunConfig:
-    """Read a run config (ours, with its base, or CLAD's format), apply overrides and validate
-    it (``validate_config``; ``check_machine=False`` leaves out the dataset's folders and the
-    device, for a config that runs elsewhere)."""
-    raw = read_config(path)
-    overrides = overrides or []
-    return validate_config(apply_overrides(raw, overrides), str(path), overrides, check_machine)
+    """Read a run config (a file: ours, with its base, or CLAD's format; or a dict of the same),
+    apply overrides and validate it (``validate_config``; ``check_machine=False`` leaves out
+    the dataset's folders and the device, for a config that runs elsewhere).
+
+    ``overrides``: ``--set`` items (``["training.epochs=1"]``, values parsed as the command line
+    does) or a dict of dotted keys to Python values (``{"training.epochs": 1}``)."""
+    if isinstance(path, Mapping):
+        raw, source = config_from_dict(path), "<config dict>"
+    else:
+        raw, source = read_config(path), str(path)
+    if isinstance(overrides, Mapping):
+        data = set_values(raw, overrides)
+        keys = [str(key) for key in overrides]
+        return validate_config(data, source, keys, check_machine, "overrides[{key!r}]")
+    items = list(overrides or [])
+    return validate_config(apply_overrides(raw, items), source, items, check_machine)
 
 
 def is_clad_format(raw: dict[str, Any]) -> bool:

@@ -42,9 +42,8 @@ from clad.models.components.precision import Precision
 from clad.registry import (
     detector_table,
     format_validation_error,
-    lookup,
     parameter_names,
-    strategy_table,
+    resolve,
     validate_params,
 )
 from clad.strategies.base import Strategy
@@ -96,6 +95,8 @@ class EvaluationConfig(Block):
     overlays_per_task: int = Field(3, ge=0)
     batch_size: int = Field(32, ge=1)
     feature_cache_mb: float = Field(1024.0, ge=0.0)  # frozen backbones' test features; 0: off
+    oracle_routing: bool = True  # methods that route to per-task parts: also score each
+    # category with its own task's part (the oracle matrices); costs one more scoring pass
 
 
 class OutputConfig(Block):
@@ -115,12 +116,15 @@ class WandbConfig(Block):
 
 @dataclass(frozen=True)
 class Components:
-    """What a validated configuration builds: the detector and strategy classes, their
+    """What a validated configuration builds: the detector and strategy classes (with the names
+    the configuration gave them: a built-in's name, an import path or an entry point), their
     constructor arguments and the detector's ``Training`` value."""
 
+    detector_name: str
     detector: type[Detector]
     detector_arguments: dict[str, Any]
     training: Training
+    strategy_name: str
     strategy: type[Strategy]
     strategy_arguments: dict[str, Any]
 
@@ -144,11 +148,11 @@ class Components:
     def record(self) -> dict[str, Any]:
         """What runs, every default filled in (``config.json``'s ``resolved``)."""
         return {
-            "detector": {"name": self.detector.name, **self.detector_arguments},
+            "detector": {"name": self.detector_name, **self.detector_arguments},
             "training": {
                 k: v for k, v in dataclasses.asdict(self.training).items() if k in self.uses
             },
-            "strategy": {"name": self.strategy.name, **self.strategy_arguments},
+            "strategy": {"name": self.strategy_name, **self.strategy_arguments},
         }
 
     @property
@@ -183,11 +187,16 @@ class RunConfig(Block):
 
 
 def validate_config(
-    data: dict[str, Any], source: str, overrides: Sequence[str] = (), check_machine: bool = True
+    data: dict[str, Any],
+    source: str,
+    overrides: Sequence[str] = (),
+    check_machine: bool = True,
+    override_label: str = "--set {key}",
 ) -> RunConfig:
     """Validate a raw dict, once, before any data is read. Each problem is one line
-    ``<source>: <field>: <problem>``, with ``source`` the file, or ``--set <key>`` for a field
-    that one of ``overrides`` set.
+    ``<source>: <field>: <problem>``, with ``source`` the file, or, for a field that one of
+    ``overrides`` (``key=value`` items, or keys) set, ``override_label`` with that key
+    (``--set training.lr`` on the command line, ``overrides['training.lr']`` in Python).
 
     ``check_machine``: also check what depends on the machine that runs it: the dataset's
     folders and the training device (a sweep's driver leaves them to the machines that run the
@@ -197,7 +206,7 @@ def validate_config(
         for item in overrides:
             key = item.split("=", 1)[0].strip()
             if field == key or field.startswith(key + ".") or key.startswith(field + "."):
-                return f"--set {key}"
+                return override_label.format(key=key)
         return None
 
     try:
@@ -207,11 +216,11 @@ def validate_config(
     for block in ("detector", "strategy"):
         if "name" not in getattr(config, block):
             raise ConfigError(f"{blame(block) or source}: {block}.name: required but missing")
-    detector_cls = lookup(
-        detector_table(), config.detector["name"], "detector", blame("detector.name") or source
+    detector_cls = resolve(
+        "detector", config.detector["name"], Detector, blame("detector.name") or source
     )
-    strategy_cls = lookup(
-        strategy_table(), config.strategy["name"], "strategy", blame("strategy.name") or source
+    strategy_cls = resolve(
+        "strategy", config.strategy["name"], Strategy, blame("strategy.name") or source
     )
     detector_arguments = _detector_arguments(detector_cls, config, source, blame)
     training = _training(detector_cls, config, source, blame)
@@ -221,7 +230,7 @@ def validate_config(
     _checked(
         lambda: strategy_cls.check_arguments(strategy_arguments, detector_cls),
         source,
-        f"strategy {strategy_cls.name!r}",
+        f"strategy {config.strategy['name']!r}",
         blame,
     )
     if check_machine:
@@ -234,7 +243,13 @@ def validate_config(
         )
         _checked(lambda: check_device(training.device), source, None, blame)
     config._components = Components(
-        detector_cls, detector_arguments, training, strategy_cls, strategy_arguments
+        config.detector["name"],
+        detector_cls,
+        detector_arguments,
+        training,
+        config.strategy["name"],
+        strategy_cls,
+        strategy_arguments,
     )
     return config
 
@@ -332,7 +347,7 @@ def build_detector(
     keys (``{"weights": "none", "epochs": 2, "device": "cpu"}``), checked as a configuration's
     ``detector`` and ``training`` blocks are (``input_size``: also run its
     ``check_arguments`` for inputs of that [H, W]). For benchmarks and scripts."""
-    cls = lookup(detector_table(), name, "detector", "settings")
+    cls = resolve("detector", name, Detector, "settings")
     given = {k: v for k, v in settings.items() if k in TRAINING_KEYS and v is not None}
     uses = tuple(getattr(cls, "training_keys", ()))
     unused = sorted(set(given) - set(uses))

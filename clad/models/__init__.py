@@ -11,9 +11,11 @@ from clad.models import (  # noqa: F401
     fastflow,
     padim,
     patchcore,
+    pix2pix_inpaint,
     rdna,
     st,
     stfpm,
+    ucad,
     vae,
 )
 from clad.models.base import Detector

@@ -9,11 +9,11 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from clad.errors import TrainingError
@@ -24,6 +24,10 @@ from clad.records import Scores, dataset_length
 
 Regularizer = Callable[[Tensor], Tensor]
 """A term added to a trained detector's training loss: batch images [B, C, H, W] -> scalar."""
+GradientTransform = Callable[[Mapping[str, nn.Parameter]], None]
+"""A change of a trained detector's gradients between back-propagation and the optimiser step
+(A-GEM's projection): called with ``trainable_parameters()``, whose ``.grad`` hold the batch's
+gradients (unscaled), it rewrites them in place."""
 
 COST_KINDS = ("trainable", "pretrained", "memory")
 """What a detector's bytes are: ``trainable`` (the weights and parameters it fitted or drew,
@@ -142,6 +146,26 @@ def seeded_generator() -> torch.Generator:
     return torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
 
 
+@runtime_checkable
+class BatchedDataset(Protocol):
+    """A training set that brings its own batching (``replay`` with ``mixing: "batch"``).
+
+    The shared loop's shuffled passes (``TrainedDetector.train_epochs``) take their batches of
+    indices from ``batch_sampler`` instead of shuffling the dataset; every other pass
+    (validation, feature extraction, a memory bank's one pass, the Fisher information) reads
+    it as a plain dataset, each item once. A detector knows this protocol, never the strategy
+    that made the dataset.
+    """
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+    def batch_sampler(self, batch_size: int, generator: torch.Generator) -> Sampler[list[int]]:
+        """Batches of indices for one pass, random draws from ``generator``."""
+        ...
+
+
 def private_generator() -> torch.Generator:
     """A generator of its own for loaders that do not shuffle: a ``DataLoader`` without one draws
     its workers' base seed from the global torch RNG at every pass, so scoring or validating
@@ -166,6 +190,13 @@ class Detector(ABC):
     """The ``Training`` fields this detector uses; a run that sets another is refused at load."""
     training_defaults: ClassVar[Training] = Training()
     """The detector's own training settings (its paper's), for the fields a run leaves out."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A detector's ``name`` is its registered name (``register_detector``); a class defined
+        outside clad (a plugin named by import path or entry point) is named after itself."""
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__
 
     @classmethod
     def check_arguments(cls, arguments: Mapping[str, Any], input_size: tuple[int, int]) -> None:
@@ -214,10 +245,11 @@ class TrainedDetector(Detector):
     """A detector whose network is trained by gradient descent on normal images.
 
     The loop: ``epochs`` passes over ``train`` in seeded shuffled batches (so replay samples mix
-    with the current task's), the validation loss on ``val`` (normal images held out from
-    training) after every epoch; the weights with the lowest validation loss are kept, and
-    training stops after ``patience`` epochs without improvement (``patience = 0`` disables early
-    stopping). Without ``val`` the last epoch's weights are kept.
+    with the current task's; a ``BatchedDataset`` gives its own batches), the validation loss
+    on ``val`` (normal images held out from training) after every epoch; the weights with the
+    lowest validation loss are kept, and training stops after ``patience`` epochs without
+    improvement (``patience = 0`` disables early stopping). Without ``val`` the last epoch's
+    weights are kept.
 
     Settings: one ``Training`` value (``training``; the class's ``training_defaults`` when
     None), read through ``epochs``, ``batch_size``, ``lr``, ``patience``, ``num_workers`` and
@@ -247,9 +279,11 @@ class TrainedDetector(Detector):
     ``squared_gradients(data)`` (the diagonal empirical Fisher information of ``loss``),
     ``distillation_outputs(images)`` and ``set_regularizer(term)``: a function of the batch
     images added to the training loss of every default ``training_step`` (logged as
-    ``train_regularizer``; model selection on ``val`` keeps the detector's own loss).
-    Detectors whose updates are not one loss (``supports_regularizer = False``: RDNA's and
-    AEGAN-AD's adversarial steps) refuse a regularizer.
+    ``train_regularizer``; model selection on ``val`` keeps the detector's own loss), and
+    ``set_gradient_transform(fn)``: a change of the gradients between back-propagation and the
+    optimiser step of every ``backward_step`` (A-GEM's projection). Detectors whose updates are
+    not one loss (``supports_regularizer = False``: RDNA's and AEGAN-AD's adversarial steps)
+    refuse both.
     """
 
     network: nn.Module
@@ -264,6 +298,7 @@ class TrainedDetector(Detector):
         self.history: list[dict[str, float]] = []
         self._validation_noise: torch.Generator | None = None
         self.regularizer: Regularizer | None = None
+        self.gradient_transform: GradientTransform | None = None
 
     @property
     def epochs(self) -> int:
@@ -360,6 +395,18 @@ class TrainedDetector(Detector):
             )
         self.regularizer = regularizer
 
+    def set_gradient_transform(self, transform: GradientTransform | None) -> None:
+        """Apply ``transform(trainable_parameters())`` to the gradients of every later
+        ``backward_step``, after back-propagation (and fp16 unscaling) and before the optimiser
+        step (A-GEM's projection); None removes it. Not saved with the state. Detectors whose
+        updates are adversarial pairs (``supports_regularizer = False``) refuse it."""
+        if transform is not None and not self.supports_regularizer:
+            raise TypeError(
+                f"{self.name} trains with its own adversarial updates; a gradient transform "
+                "(A-GEM) cannot be applied to them"
+            )
+        self.gradient_transform = transform
+
     def validation_loss(self, images: Tensor) -> Tensor:
         """Loss used for model selection; by default ``loss`` (its ``"loss"`` term)."""
         return _total(self.loss(images))
@@ -383,9 +430,20 @@ class TrainedDetector(Detector):
 
     def backward_step(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Zero the gradients, back-propagate ``loss`` (scaled for fp16, by the optimiser's own
-        scaler) and step ``optimizer``."""
+        scaler) and step ``optimizer``; with a ``gradient_transform`` set, the gradients are
+        unscaled and transformed between the two."""
         optimizer.zero_grad(set_to_none=True)
-        self.scalers.step(loss, optimizer)
+        if self.gradient_transform is None:
+            self.scalers.step(loss, optimizer)
+            return
+        scaler = self.scalers.scalers.setdefault(
+            id(optimizer), torch.amp.GradScaler("cuda", enabled=self.scalers.enabled)
+        )
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # the transform sees the gradients in their own units
+        self.gradient_transform(self.trainable_parameters())
+        scaler.step(optimizer)
+        scaler.update()
 
     def training_step(self, images: Tensor, optimizer: Any) -> dict[str, float]:
         """One update on a batch; returns the batch's terms as floats (``"loss"`` among them)."""
@@ -399,13 +457,25 @@ class TrainedDetector(Detector):
         return {key: value.item() for key, value in terms.items()}
 
     def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
+        """Batches of ``batch_size`` of ``data``, shuffled from the run's seed when ``shuffle``;
+        a shuffled pass over a ``BatchedDataset`` takes the dataset's own batches."""
+        pin = self.device.type == "cuda"
+        if shuffle and isinstance(data, BatchedDataset):
+            generator = seeded_generator()
+            return DataLoader(
+                data,
+                batch_sampler=data.batch_sampler(self.batch_size, generator),
+                generator=generator,
+                num_workers=self.num_workers,
+                pin_memory=pin,
+            )
         return DataLoader(
             data,
             batch_size=self.batch_size,
             shuffle=shuffle,
             generator=seeded_generator() if shuffle else private_generator(),
             num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=pin,
         )
 
     def _check_finite(self, logs: dict[str, float], epoch: int, epochs: int) -> None:

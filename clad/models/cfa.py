@@ -18,7 +18,7 @@ At test time, with ``e_k = sqrt(d_k)`` the Euclidean distances (the paper's code
 the square root first), a position's score is ``softmin(e_1..e_K)_1 * e_1``; the map is
 upsampled to the input size and Gaussian-smoothed, and the image score is its maximum.
 ``score_distance="squared"`` scores ``softmin(d_1..d_K)_1 * d_1`` instead (an option, not the
-method; see the README's parity section for what it measures).
+method; see docs/results/parity.md for what it measures).
 
 Where ours differs from (simplifies) the paper and its code:
 - Memory initialisation (``memory_init``): by default the paper's code's, ``"position_mean"``:
@@ -29,8 +29,8 @@ Where ours differs from (simplifies) the paper and its code:
   data: ``memory_size`` centroids chosen from all training descriptors (at most about
   ``MAX_INIT_FEATURES``, an equal random share from each batch) by greedy k-center coreset
   selection (PatchCore's rule, ``clad.models.components.coreset``), refined by ``kmeans_iters``
-  Lloyd iterations. On real bottle at equal settings (README, parity) the paper's memory gives
-  image / pixel AUROC 1.000 / 0.928 (anomalib 1.000 / 0.930), the coreset 0.972 / 0.909.
+  Lloyd iterations. On real bottle at equal settings (docs/results/parity.md) the paper's memory
+  gives image / pixel AUROC 1.000 / 0.928 (anomalib 1.000 / 0.930), the coreset 0.972 / 0.909.
 - Continual learning: every ``fit`` rebuilds the memory from the data it is given with the
   current adaptor, then continues training the adaptor (and ``r``) from their current values.
   Under ``naive`` the memory therefore holds the current task only; under ``replay`` and the

@@ -37,6 +37,13 @@ class Strategy(ABC):
     task_aware: ClassVar[bool] = False
     sees_future_tasks: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A strategy's ``name`` is its registered name (``register_strategy``); a class defined
+        outside clad (a plugin) is named after itself."""
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__
+
     @classmethod
     def check_arguments(cls, arguments: Mapping[str, Any], detector: type) -> None:
         """Checks that the constructor's types and ranges cannot state: chiefly whether
@@ -63,6 +70,24 @@ class Strategy(ABC):
         if self.detector is None:
             raise RuntimeError(f"strategy {self.name!r}: predict called before any learn")
         return self.detector.predict(x)
+
+    def predict_routed(self, x: Tensor, task_id: int | None) -> tuple[Scores, Tensor | None]:
+        """``predict``'s scores and, for a task-agnostic method that keeps one part per task
+        and sends each image to one of them (per-task banks, UCAD's prompts and memories), the
+        index of the task whose part scored each image ([B] long); None for a method without
+        parts. By default: the detector's own ``predict_routed(x)`` when it has one (a detector
+        that routes internally), else ``(predict(x, task_id), None)``."""
+        routed = getattr(self.detector, "predict_routed", None)
+        if routed is not None and not self.task_aware:
+            return routed(x)
+        return self.predict(x, task_id), None
+
+    def predict_part(self, x: Tensor, task_id: int) -> Scores | None:
+        """Scores of ``x`` by task ``task_id``'s part, whatever the routing would choose (oracle
+        routing), or None for a method without parts. By default the detector's own
+        ``predict_part`` when it has one."""
+        part = getattr(self.detector, "predict_part", None)
+        return None if part is None else part(x, task_id)
 
     def calibration_tasks(self, t: int, n_tasks: int) -> tuple[int, ...]:
         """The tasks whose validation images the strategy holds after learning task ``t`` (of

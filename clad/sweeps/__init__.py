@@ -32,11 +32,11 @@ checkpoint), ``failed`` (``error.txt``: retried, resuming when checkpoints exist
 
 from __future__ import annotations
 
-from clad.sweep.cell import run_cell
-from clad.sweep.expansion import Cell, Sweep, expand
-from clad.sweep.jobs import CellJob, CellResult, SweepOutcome
-from clad.sweep.running import format_plan, run_sweep, summary_line
-from clad.sweep.spec import SweepSpec, load_sweep_spec
+from clad.sweeps.cell import run_cell
+from clad.sweeps.expansion import Cell, Sweep, expand
+from clad.sweeps.jobs import CellJob, CellResult, SweepOutcome
+from clad.sweeps.running import format_plan, run_sweep, summary_line
+from clad.sweeps.spec import SweepSpec, load_sweep_spec
 from clad.tracking.run_folders import CellState, disk_state
 
 __all__ = [

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from clad.config import validate_config
 from clad.runner import Run
-from clad.sweep.jobs import CellJob, CellResult
+from clad.sweeps.jobs import CellJob, CellResult
 from clad.tracking.files import atomic_write
-from clad.tracking.run_folders import ERROR_FILE, LOG_FILE
+from clad.tracking.run_folders import ERROR_FILE, LOG_FILE, RunBusyError
 
 
 @contextlib.contextmanager
@@ -51,7 +51,10 @@ def write_error(folder: Path, label: str, text: str) -> None:
 def run_cell(job: CellJob) -> CellResult:
     """Run one cell exactly as ``main.py`` runs a seed: ``Run(config, seed, output, resume,
     overwrite).execute()``. Never raises: an exception is written to ``error.txt`` beside the
-    run's outputs and returned as a failed result. Output goes to the cell's ``log.txt``."""
+    run's outputs and returned as a failed result. Output goes to the cell's ``log.txt``.
+
+    A cell that another process holds (a sweep's cell lock, or a ``main.py`` run's lock) is
+    left to it: an ``elsewhere`` result, nothing written to its folder."""
     began = time.perf_counter()
     if job.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = job.gpu
@@ -59,10 +62,15 @@ def run_cell(job: CellJob) -> CellResult:
         set_threads(job.threads)
     folder = job.folder()
     folder.mkdir(parents=True, exist_ok=True)
-    with cell_lock(folder) as locked:
-        if not locked:
-            return CellResult(job.label, False, "another process is running this cell now", 0.0)
+    with cell_lock(folder) as holder:
+        if holder is not None:
+            return running_elsewhere(job, f"another process ({holder}) is running this cell now")
         return _run_locked(job, folder, began)
+
+
+def running_elsewhere(job: CellJob, message: str) -> CellResult:
+    """The result of a cell left to the process that holds it."""
+    return CellResult(job.label, False, message, 0.0, elsewhere=True)
 
 
 def set_threads(count: int) -> None:
@@ -75,20 +83,26 @@ def set_threads(count: int) -> None:
 
 
 @contextlib.contextmanager
-def cell_lock(folder: Path) -> Iterator[bool]:
-    """An exclusive ``flock`` on ``<folder>/.lock`` (yields False when another process holds
-    it), so two sweeps started on the same folder never run one cell twice at once. Advisory,
-    and only as reliable as the file system's locks (local disks: yes; some NFS setups: no)."""
+def cell_lock(folder: Path) -> Iterator[str | None]:
+    """An exclusive ``flock`` on ``<folder>/.lock`` holding this process's pid; yields None
+    when taken, else the holder (``pid <n>``), so no two processes run one cell at once.
+    Advisory, and only as reliable as the file system's locks (local disks: yes; some NFS
+    setups: no)."""
     import fcntl
 
-    with open(folder / ".lock", "a") as handle:
+    with open(folder / ".lock", "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            yield False
+            handle.seek(0)
+            yield handle.read().strip() or "another process"
             return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
         try:
-            yield True
+            yield None
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -107,6 +121,8 @@ def _run_locked(job: CellJob, folder: Path, began: float) -> CellResult:
             record = Run(
                 config, job.seed, job.output_root, resume=job.resume, overwrite=job.overwrite
             ).execute()
+    except RunBusyError as err:  # a main.py run holds the folder: left to it
+        return running_elsewhere(job, str(err).splitlines()[0][:300])
     except BaseException as err:  # noqa: BLE001  (KeyboardInterrupt too: the cell is recorded)
         write_error(folder, job.label, traceback.format_exc())
         seconds = time.perf_counter() - began

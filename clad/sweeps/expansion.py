@@ -13,7 +13,7 @@ from typing import Any
 
 from clad.config import apply_overrides, validate_config
 from clad.errors import ConfigError
-from clad.sweep.spec import (
+from clad.sweeps.spec import (
     BLOCK_NAME_AXES,
     RUN_NAME_PATTERN,
     SEED_AXIS,

@@ -35,7 +35,8 @@ class CellJob:
 
 @dataclass
 class CellResult:
-    """How a cell ended: ``ok``, a one-line ``message`` and the final summary when it finished."""
+    """How a cell ended: ``ok``, a one-line ``message`` and the final summary when it finished;
+    ``elsewhere``: not run, because another process holds the cell (neither done nor failed)."""
 
     label: str
     ok: bool
@@ -43,6 +44,7 @@ class CellResult:
     seconds: float
     summary: dict[str, float] = field(default_factory=dict)
     archive: bytes | None = None
+    elsewhere: bool = False
 
 
 @dataclass
@@ -56,4 +58,4 @@ class SweepOutcome:
 
     @property
     def failures(self) -> list[CellResult]:
-        return [r for r in self.results if not r.ok]
+        return [r for r in self.results if not r.ok and not r.elsewhere]

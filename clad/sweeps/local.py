@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import cast
 
 from clad.errors import ConfigError
-from clad.sweep.cell import run_cell, write_error
-from clad.sweep.jobs import CellJob, CellResult
+from clad.sweeps.cell import run_cell, write_error
+from clad.sweeps.jobs import CellJob, CellResult
+from clad.tracking.files import read_json
 from clad.tracking.run_folders import ERROR_FILE, disk_state
 
 OnDone = Callable[[CellResult], None]
+BUSY_EXIT = 4  # a cell process's exit code when another process holds the cell
 
 
 def available_cpus() -> int:
@@ -54,7 +56,7 @@ def _local_main(job: CellJob, target: Callable[[CellJob], CellResult] | None, pa
         sys.exit(3)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sweep process handles Ctrl-C
     result = (target or run_cell)(job)
-    sys.exit(0 if result.ok else 1)
+    sys.exit(0 if result.ok else BUSY_EXIT if result.elsewhere else 1)
 
 
 def cuda_devices() -> list[str]:
@@ -149,6 +151,10 @@ def run_local(
 def _local_result(job: CellJob, exitcode: int | None, seconds: float) -> CellResult:
     """Read how a cell process ended from its exit code and its folder."""
     folder = job.folder()
+    if exitcode == BUSY_EXIT:  # nothing was run or written: the cell is another process's
+        return CellResult(
+            job.label, False, "another process is running this cell now", seconds, elsewhere=True
+        )
     state = disk_state(folder)
     if exitcode == 0 and state.state == "finished":
         (folder / ERROR_FILE).unlink(missing_ok=True)  # an earlier attempt's
@@ -170,7 +176,5 @@ def _local_result(job: CellJob, exitcode: int | None, seconds: float) -> CellRes
 
 
 def _final_summary(folder: Path) -> dict[str, float]:
-    import json
-
-    record = json.loads((folder / "metrics.json").read_text())
+    record = read_json(folder / "metrics.json")
     return {k: v for k, v in record["summary"].items() if v is not None}

@@ -13,9 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from clad.errors import ConfigError
-from clad.sweep.cell import run_cell, write_error
-from clad.sweep.jobs import CellJob, CellResult
-from clad.sweep.local import OnDone, uses_cuda
+from clad.sweeps.cell import run_cell, write_error
+from clad.sweeps.jobs import CellJob, CellResult
+from clad.sweeps.local import OnDone, uses_cuda
 from clad.tracking.run_folders import ERROR_FILE
 
 
@@ -53,9 +53,7 @@ def ray_cell(job: CellJob, archive: bytes | None, copy_back: bool) -> CellResult
 def _ray_runtime_env() -> dict:
     """Put this clad source tree on the workers' path when clad is not an installed package (a
     checkout run in place); harmless on nodes where the path does not exist."""
-    import clad
-
-    root = Path(clad.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the folder that holds the clad package
     if "site-packages" in root.parts:
         return {}
     path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)

@@ -3,23 +3,40 @@ chosen backend, and the closing summary."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from clad.errors import ConfigError
-from clad.sweep.expansion import Cell, Sweep, describe
-from clad.sweep.jobs import CellJob, CellResult, SweepOutcome
-from clad.sweep.local import run_local
-from clad.sweep.ray_backend import run_ray
-from clad.sweep.state import cell_state
+from clad.sweeps.expansion import Cell, Sweep, describe
+from clad.sweeps.jobs import CellJob, CellResult, SweepOutcome
+from clad.sweeps.local import run_local
+from clad.sweeps.ray_backend import run_ray
+from clad.sweeps.state import cell_state
 from clad.tracking.files import atomic_write, write_json
-from clad.tracking.run_folders import ERROR_FILE, MANIFEST, CellState
+from clad.tracking.run_folders import ERROR_FILE, MANIFEST, CellState, pid_lock
+
+SWEEP_LOCK = ".sweep.lock"  # in the sweep folder: one sweep process at a time
+
+
+def sweep_lock(sweep_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on ``<sweep_dir>/.sweep.lock`` for as long as a sweep runs there, so a
+    second sweep on the same folder is refused before it writes anything (the kernel releases
+    it when the holder dies)."""
+    return pid_lock(
+        sweep_dir / SWEEP_LOCK,
+        lambda holder: (
+            f"{sweep_dir}: another sweep is running in this folder ({holder}); wait for it to "
+            "end (sweep --dry-run shows its progress), or give this sweep another --output"
+        ),
+    )
 
 
 def plan(sweep: Sweep, overwrite: bool = False) -> tuple[list[tuple[Cell, CellState]], list]:
-    """(cells to run with their state, cells left alone with their state)."""
+    """(cells to run with their state, cells left alone with their state). A corrupt cell is
+    left alone unless ``overwrite``: its damaged file is the user's to look at."""
     to_run, left = [], []
     for cell in sweep.cells:
         state = cell_state(cell, sweep.sweep_dir)
@@ -27,7 +44,7 @@ def plan(sweep: Sweep, overwrite: bool = False) -> tuple[list[tuple[Cell, CellSt
             left.append((cell, state))
         elif overwrite and cell.config is not None:
             to_run.append((cell, state))
-        elif state.state in ("finished", "changed"):
+        elif state.state in ("finished", "changed", "corrupt"):
             left.append((cell, state))
         else:
             to_run.append((cell, state))
@@ -43,6 +60,7 @@ def format_plan(sweep: Sweep, overwrite: bool = False) -> str:
         "pending": "start",
         "changed": "skip (config changed; --overwrite to rerun)",
         "invalid": "not run",
+        "corrupt": "not run (repair or remove the file, or --overwrite)",
     }
     lines = []
     width = max(len(c.label) for c in sweep.cells) + 2
@@ -149,7 +167,9 @@ def run_sweep(
     threads_per_run: int | None = None,
     target: Callable | None = None,
 ) -> SweepOutcome:
-    """Run every cell that is not finished; failures are recorded, never raised.
+    """Run every cell that is not finished; failures are recorded, never raised. One sweep
+    process per sweep folder (``sweep_lock``): a second one raises ``RunBusyError`` before it
+    writes anything; a cell another process holds is left to it (``running``, not failed).
 
     ``threads_per_run``: CPU threads of each run (torch and OpenMP), default ``cpus_per_run``
     or the sweep file's ``resources.cpus`` (1), on either backend and whatever the number of
@@ -157,49 +177,55 @@ def run_sweep(
     numbers independent of how the sweep was spread (and runs sharing a CPU do not
     oversubscribe it, which on a busy 2-core machine made runs up to 10x slower).
     """
-    print(summary_line(sweep, overwrite))
-    sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_manifest(sweep)
-    record_invalid(sweep)
-    to_run, left = plan(sweep, overwrite)
-    jobs = jobs_for(sweep, overwrite)
-    results: list[CellResult] = []
-    started = time.perf_counter()
+    with sweep_lock(sweep.sweep_dir):
+        print(summary_line(sweep, overwrite))
+        write_manifest(sweep)
+        record_invalid(sweep)
+        to_run, left = plan(sweep, overwrite)
+        jobs = jobs_for(sweep, overwrite)
+        results: list[CellResult] = []
+        elsewhere: list[CellResult] = []
+        started = time.perf_counter()
 
-    def on_done(result: CellResult) -> None:
-        results.append(result)
-        status = "done" if result.ok else "FAILED"
-        print(
-            f"[sweep] {len(results)}/{len(jobs)} {status} {result.label} in "
-            f"{result.seconds:.1f} s: {result.message}",
-            flush=True,
-        )
-
-    cpus = cpus_per_run if cpus_per_run is not None else sweep.spec.resources.cpus
-    threads = threads_per_run or max(1, int(cpus))
-    if jobs:
-        if backend == "local":
-            run_local(jobs, workers, on_done, threads=threads, target=target)
-        elif backend == "ray":
-            run_ray(
-                jobs,
-                on_done,
-                address=address,
-                cpus=cpus,
-                gpus=gpus_per_run if gpus_per_run is not None else sweep.spec.resources.gpus,
-                copy_back=copy_back,
-                threads=threads,
+        def on_done(result: CellResult) -> None:
+            if result.elsewhere:
+                elsewhere.append(result)
+                print(f"[sweep] left {result.label} to its process: {result.message}", flush=True)
+                return
+            results.append(result)
+            status = "done" if result.ok else "FAILED"
+            print(
+                f"[sweep] {len(results)}/{len(jobs)} {status} {result.label} in "
+                f"{result.seconds:.1f} s: {result.message}",
+                flush=True,
             )
-        else:
-            raise ConfigError(f"--backend: unknown backend {backend!r}; known: local, ray")
-    outcome = SweepOutcome(
-        total=len(sweep.cells),
-        skipped=sum(1 for _, s in left if s.state == "finished"),
-        results=results,
-        not_run=[(c.label, s) for c, s in left if s.state != "finished"],
-    )
-    print(closing_summary(sweep, outcome, time.perf_counter() - started))
-    return outcome
+
+        cpus = cpus_per_run if cpus_per_run is not None else sweep.spec.resources.cpus
+        threads = threads_per_run or max(1, int(cpus))
+        if jobs:
+            if backend == "local":
+                run_local(jobs, workers, on_done, threads=threads, target=target)
+            elif backend == "ray":
+                run_ray(
+                    jobs,
+                    on_done,
+                    address=address,
+                    cpus=cpus,
+                    gpus=gpus_per_run if gpus_per_run is not None else sweep.spec.resources.gpus,
+                    copy_back=copy_back,
+                    threads=threads,
+                )
+            else:
+                raise ConfigError(f"--backend: unknown backend {backend!r}; known: local, ray")
+        outcome = SweepOutcome(
+            total=len(sweep.cells),
+            skipped=sum(1 for _, s in left if s.state == "finished"),
+            results=results,
+            not_run=[(c.label, s) for c, s in left if s.state != "finished"]
+            + [(r.label, CellState("running", r.message)) for r in elsewhere],
+        )
+        print(closing_summary(sweep, outcome, time.perf_counter() - started))
+        return outcome
 
 
 def closing_summary(sweep: Sweep, outcome: SweepOutcome, seconds: float) -> str:

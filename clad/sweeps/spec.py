@@ -14,6 +14,7 @@ from clad.errors import ConfigError
 from clad.registry import format_validation_error
 
 SEED_AXIS = "seed"
+SEED_LIMIT = 2**32  # as main.py's --seed: NumPy's global seed is a 32-bit unsigned integer
 BLOCK_NAME_AXES = ("detector.name", "strategy.name")
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -61,8 +62,11 @@ class SweepSpec(Block):
             dumped = [json.dumps(v, sort_keys=True) for v in values]
             if len(set(dumped)) != len(dumped):
                 raise ValueError(f"axis {key!r} repeats a value")
-            if key == SEED_AXIS and not all(isinstance(v, int) for v in values):
-                raise ValueError("axis 'seed' takes integers")
+            if key == SEED_AXIS and not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < SEED_LIMIT
+                for v in values
+            ):
+                raise ValueError(f"axis 'seed' takes integers from 0 to {SEED_LIMIT - 1}")
         return axes
 
 

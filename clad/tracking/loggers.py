@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,7 +49,8 @@ class ConsoleLogger:
 
 
 def summary_table(record: dict) -> str:
-    """Final-row metrics per task, then the CL summary, as fixed-width text."""
+    """Final-row metrics per task (per category, under its task, when a task holds several),
+    then the CL summary, as fixed-width text."""
     columns = [
         "image_auroc",
         "pixel_auroc",
@@ -62,7 +64,8 @@ def summary_table(record: dict) -> str:
     metrics = [m for m in columns if m in record["matrices"]]
     names = record["tasks"]
     last = record["completed_tasks"] - 1
-    width = max(12, *(len(n) for n in names)) + 2
+    categories = record.get("categories", names)
+    width = max(12, *(len(n) for n in names), *(len(c) + 2 for c in categories)) + 2
     lines = [
         f"\n{record['run_name']} (detector {record['detector']}, strategy {record['strategy']}, "
         f"seed {record['seed']}): after task {last} ({names[last]})",
@@ -71,6 +74,14 @@ def summary_table(record: dict) -> str:
     for k, name in enumerate(names):
         cells = [record["matrices"][m][last][k] for m in metrics]
         lines.append(name.ljust(width) + "".join(fmt(c).rjust(14) for c in cells))
+        members = [c for c, step in enumerate(record.get("learned", [])) if step == k]
+        if len(members) < 2:
+            continue  # one category: the task's row is the category's
+        for c in members:
+            category = categories[c]
+            cells = [record["category_matrices"][m][last][c] for m in metrics]
+            label = f"  {category}".ljust(width)
+            lines.append(label + "".join(fmt(v).rjust(14) for v in cells))
     summary = record["summary"]
     for prefix in ("final_avg", "forgetting", "bwt"):
         cells = [summary.get(f"{prefix}/{m}") for m in metrics]
@@ -164,6 +175,22 @@ class WandbLogger:
             self.run.finish()
         except Exception as err:  # noqa: BLE001
             self._give_up("finish", err)
+
+
+def finish_stopped_wandb(exit_code: int) -> None:
+    """Close a W&B run that a signal stopped before its logger's ``finish``.
+
+    Left open, wandb closes it itself at interpreter exit and prints its lines after the
+    ``resume with: ...`` line; called before that line is printed, the resume command is the
+    last thing on screen. Best-effort and silent on failure, like ``WandbLogger``.
+    """
+    wandb = sys.modules.get("wandb")  # never imported here: only a run that used it has it
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return
+    try:
+        wandb.finish(exit_code=exit_code)
+    except Exception:  # noqa: BLE001  (the local results are complete; W&B is best-effort)
+        pass
 
 
 def build_loggers(config: dict, seed: int, run_dir: Path) -> list[Logger]:

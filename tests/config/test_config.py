@@ -40,8 +40,14 @@ def test_valid_config_loads_with_defaults(tmp_path):
             lambda c: c["training"].update(epoch=3),
             r"training\.epoch: unknown key .*allowed keys: epochs",
         ),
-        (lambda c: c["detector"].update(name="nope"), r"unknown detector 'nope'; known: .*unet_ae"),
-        (lambda c: c["strategy"].update(name="ewc?"), r"unknown strategy 'ewc\?'; known: .*replay"),
+        (
+            lambda c: c["detector"].update(name="nope"),
+            r"unknown detector 'nope'; built-in: .*unet_ae",
+        ),
+        (
+            lambda c: c["strategy"].update(name="ewc?"),
+            r"unknown strategy 'ewc\?'; built-in: .*replay",
+        ),
         (
             lambda c: c["detector"].update(skip_level=1),
             r"detector\.skip_level: unknown key .*skip_levels",
@@ -110,7 +116,8 @@ def test_clad_format_is_translated_and_ignored_keys_reported(tmp_path, capsys):
     }
     config = load_config(write(tmp_path, run, "train_unet.json"), check_machine=False)
     assert config.detector == {"name": "unet_ae"}
-    assert config.strategy == {"name": "replay", "mem_size": 30}
+    # CLAD's replay: B memory images with every batch of B (clad.config.clad_format)
+    assert config.strategy == {"name": "replay", "mem_size": 30, "mixing": "batch"}
     assert config.dataset.name == "mvtec" and config.dataset.root == "/data/mvtec"
     assert config.dataset.categories == ["bottle", "hazelnut"]
     assert config.dataset.image_size == 64 and config.dataset.crop_size == 48

@@ -14,6 +14,7 @@ from clad.metrics.continual import (
     backward_transfer,
     final_average,
     forward_transfer,
+    pyclad_forgetting,
     relative_forgetting,
     summarize,
 )
@@ -133,9 +134,8 @@ def test_summarize_keys_and_values():
     matrices["pixel_f1_best"] = R
     matrices["pixel_f1_val"] = R * 0.5
     summary = summarize(matrices)
-    expected_keys = {
-        f"{prefix}/{name}" for prefix in ("final_avg", "forgetting", "bwt") for name in matrices
-    }
+    prefixes = ("final_avg", "forgetting", "forgetting_pyclad", "bwt")
+    expected_keys = {f"{prefix}/{name}" for prefix in prefixes for name in matrices}
     expected_keys |= {"fwt/image_auroc", "fwt/pixel_auroc"}
     expected_keys |= {"rel_forgetting/pixel_f1_best", "rel_forgetting/pixel_f1_val"}
     assert set(summary) == expected_keys
@@ -148,9 +148,57 @@ def test_summarize_keys_and_values():
 
 
 def test_bad_shapes_and_steps_fail():
-    with pytest.raises(ValueError, match="square"):
+    with pytest.raises(ValueError, match="needs ``learned``"):
         final_average(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="learned has"):
+        final_average(np.zeros((2, 3)), learned=np.array([0, 1]))
+    with pytest.raises(ValueError, match="square task matrix"):
+        pyclad_forgetting(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="upto"):
         final_average(R, upto=3)
     with pytest.raises(ValueError, match="upto"):
         average_forgetting(R, upto=-1)
+
+
+def test_pyclad_forgetting_also_averages_the_task_just_learned():
+    # FM_2 = mean_{j<=2} (max_{i<2} R[i, j] - R[2, j]): the new task's term compares its value
+    # when learned (0.9) with its zero-shot values (max 0.65), so learning it well lowers FM
+    terms = [0.9 - 0.7, 0.85 - 0.8, 0.65 - 0.9]
+    assert pyclad_forgetting(R) == pytest.approx(sum(terms) / 3)
+    assert pyclad_forgetting(R, upto=0) == 0.0
+    # Chaudhry's measure on the same matrix: the earlier tasks only, from their learned step on
+    assert average_forgetting(R) == pytest.approx(((0.9 - 0.7) + (0.7 - 0.8)) / 2)
+    assert pyclad_forgetting(R) != pytest.approx(average_forgetting(R))
+
+
+# A protocol whose first step learns two categories and the second one more: C = 3 columns,
+# T = 2 rows; column 2 is evaluated zero-shot after step 0.
+CATEGORIES = np.array(
+    [
+        [0.9, 0.8, 0.55],
+        [0.7, 0.8, 0.95],
+    ]
+)
+LEARNED = np.array([0, 0, 1])
+
+
+def test_category_matrices_use_the_step_each_category_was_learned():
+    assert final_average(CATEGORIES, upto=0, learned=LEARNED) == pytest.approx(0.85)
+    assert final_average(CATEGORIES, learned=LEARNED) == pytest.approx((0.7 + 0.8 + 0.95) / 3)
+    assert average_forgetting(CATEGORIES, learned=LEARNED) == pytest.approx((0.2 + 0.0) / 2)
+    assert backward_transfer(CATEGORIES, learned=LEARNED) == pytest.approx((-0.2 + 0.0) / 2)
+    assert forward_transfer(CATEGORIES, 0.5, learned=LEARNED) == pytest.approx(0.05)
+    assert math.isnan(average_forgetting(CATEGORIES, upto=0, learned=LEARNED))
+    # one category per step: the category matrix is the task matrix and both read alike
+    for function in (final_average, average_forgetting, backward_transfer, relative_forgetting):
+        assert function(R, learned=np.arange(3)) == pytest.approx(function(R))
+
+
+def test_summarize_reads_the_category_matrix_and_pyclad_the_task_matrix():
+    tasks = {"image_auroc": np.array([[0.85, 0.55], [0.75, 0.95]])}  # task 0: mean of its two
+    categories = {"image_auroc": CATEGORIES}
+    summary = summarize(tasks, category_matrices=categories, learned=LEARNED)
+    assert summary["final_avg/image_auroc"] == pytest.approx((0.7 + 0.8 + 0.95) / 3)
+    assert summary["forgetting/image_auroc"] == pytest.approx(0.1)
+    expected = ((0.85 - 0.75) + (0.55 - 0.95)) / 2  # pyCLAD's, over the task matrix
+    assert summary["forgetting_pyclad/image_auroc"] == pytest.approx(expected)

@@ -1,15 +1,21 @@
-"""Contract tests over the whole detector registry (tiny settings, random-init backbones)."""
+"""Contract tests over the whole detector registry (tiny settings, random-init backbones): the
+checks of ``clad.testing``, which a plugin detector runs with ``check_detector``."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-from torch.utils.data import TensorDataset
 
 import clad.models  # noqa: F401  (fills the detector table)
 from clad.errors import ConfigError
 from clad.models.base import Training, training_for
 from clad.registry import detector_table, validate_params
+from clad.testing import (
+    DETECTOR_CHECKS,
+    ContractError,
+    DetectorCase,
+    check_detector,
+    detector_case,
+)
 
 # Per-detector arguments that keep the contract tests fast; every registered detector needs one.
 TINY: dict[str, dict] = {
@@ -56,8 +62,10 @@ TINY: dict[str, dict] = {
         "score_window": 7,
     },
     "patchcore": {"weights": "none", "backbone": "resnet18"},
+    "pix2pix_inpaint": {"ngf": 4, "ndf": 4, "depth": 5, "smoothing_sigma": 1.0},
     "padim": {"weights": "none", "backbone": "resnet18"},
     "dne": {"weights": "none", "backbone": "resnet18"},
+    "ucad": {"vit": "vit_tiny_patch16_224", "weights": "none", "feature_layer": 1},
 }
 # The training settings of every detector: one epoch (trained detectors), batches of 4, the CPU.
 TINY_TRAINING = {"epochs": 1, "batch_size": 4, "device": "cpu"}
@@ -80,11 +88,11 @@ def make(name: str):
     return cls(**arguments, training=tiny_training(name))
 
 
-def normal_data(n: int = 8, seed: int = 0) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    base = torch.linspace(0.2, 0.8, SIZE)[None, None, :].expand(n, 3, SIZE, SIZE)
-    images = (base + 0.05 * torch.rand(n, 3, SIZE, SIZE, generator=g)).clamp(0, 1)
-    return TensorDataset(images, torch.zeros(n, 1, SIZE, SIZE), torch.zeros(n).long())
+def case(name: str) -> DetectorCase:
+    """Detector ``name`` with its TINY settings, as ``clad.testing.check_detector`` builds it."""
+    cls = detector_table()[name]
+    training = {k: v for k, v in TINY_TRAINING.items() if k in cls.training_keys}
+    return detector_case(name, TINY[name], training, SIZE)
 
 
 def test_every_registered_detector_has_contract_settings():
@@ -97,67 +105,19 @@ def test_a_setting_the_detector_does_not_take_fails():
         validate_params(cls, {"epochz": 1}, "detector conv_ae")
 
 
-@pytest.fixture(params=sorted(detector_table()))
-def name(request) -> str:
-    return request.param
+@pytest.mark.parametrize("check", DETECTOR_CHECKS, ids=lambda check: check.__name__)
+@pytest.mark.parametrize("name", sorted(detector_table()))
+def test_every_detector_keeps_the_contract(name, check):
+    """``clad.testing``'s checks, the ones a plugin detector runs with ``check_detector``."""
+    check(case(name))
 
 
-def fit_predict(name: str, seed: int):
-    torch.manual_seed(seed)
-    detector = make(name)
-    detector.fit(normal_data(), normal_data(4, seed=1))
-    x = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
-    return detector, x, detector.predict(x)
+def test_a_broken_detector_fails_the_checks_by_name():
+    class Forgetful(detector_table()["conv_ae"]):
+        """Loads no state: the round trip must catch it."""
 
+        def load_state_dict(self, state: dict) -> None:
+            self.history = list(state["history"])  # counts as fitted, weights stay random
 
-def test_scores_are_finite_and_shaped(name):
-    _, _, scores = fit_predict(name, 0)
-    assert scores.image.shape == (3,)
-    assert torch.isfinite(scores.image).all()
-    if scores.pixel is not None:
-        assert scores.pixel.shape == (3, SIZE, SIZE)
-        assert torch.isfinite(scores.pixel).all()
-
-
-def test_deterministic_under_a_seed(name):
-    _, _, a = fit_predict(name, 0)
-    _, _, b = fit_predict(name, 0)
-    torch.testing.assert_close(a.image, b.image)
-    if a.pixel is not None:
-        torch.testing.assert_close(a.pixel, b.pixel)
-
-
-def test_predict_has_no_side_effects(name):
-    detector, x, first = fit_predict(name, 0)
-    second = detector.predict(x)
-    torch.testing.assert_close(first.image, second.image)
-
-
-def test_state_round_trips(name, tmp_path):
-    detector, x, before = fit_predict(name, 0)
-    path = tmp_path / "state.pt"
-    torch.save(detector.state_dict(), path)
-    torch.manual_seed(123)
-    fresh = make(name)
-    fresh.load_state_dict(torch.load(path, weights_only=False))
-    after = fresh.predict(x)
-    torch.testing.assert_close(before.image, after.image)
-    if before.pixel is not None:
-        torch.testing.assert_close(before.pixel, after.pixel)
-
-
-def test_predict_before_fit_fails_naming_the_detector(name):
-    torch.manual_seed(0)
-    detector = make(name)
-    assert not detector.is_fitted
-    x = torch.rand(2, 3, SIZE, SIZE)
-    with pytest.raises(RuntimeError, match=f"{name}: predict called before fit"):
-        detector.predict(x)
-
-
-def test_a_loaded_state_counts_as_fitted(name):
-    detector, x, _ = fit_predict(name, 0)
-    assert detector.is_fitted
-    fresh = make(name)
-    fresh.load_state_dict(detector.state_dict())
-    assert fresh.is_fitted
+    with pytest.raises(ContractError, match="Forgetful'.*state round trip"):
+        check_detector(Forgetful, {}, TINY_TRAINING)

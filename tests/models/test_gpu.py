@@ -19,7 +19,18 @@ from tests.models.test_contract import TINY, tiny_training
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine")
-TRAINED = ("conv_ae", "unet_ae", "stfpm", "fastflow", "cfa", "efficientad", "draem", "rdna", "ast")
+TRAINED = (
+    "conv_ae",
+    "unet_ae",
+    "stfpm",
+    "fastflow",
+    "cfa",
+    "efficientad",
+    "draem",
+    "rdna",
+    "ast",
+    "pix2pix_inpaint",
+)
 SIZE = 64
 
 

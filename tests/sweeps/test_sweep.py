@@ -21,7 +21,7 @@ import pytest
 
 from clad.cli import main
 from clad.errors import ConfigError
-from clad.sweep import (
+from clad.sweeps import (
     CellJob,
     CellResult,
     disk_state,
@@ -444,7 +444,7 @@ def test_run_cell_records_an_exception_beside_the_run(tmp_path, base_config):
     """The worker body, in this process: a config that the driver accepts but that fails where
     it runs (its dataset root is not on that machine)."""
     from clad.config import load_config
-    from clad.sweep import run_cell
+    from clad.sweeps import run_cell
 
     config = load_config(
         base_config,

@@ -333,3 +333,24 @@ def test_dne_sits_beside_patchcore_cl_with_its_pixel_columns_not_available(tmp_p
     dne_line = next(row for row in md.splitlines() if row.startswith("| dne | cl"))
     assert f"{np.mean(image):.3f}" in dne_line and "n/a" in dne_line
     assert any(row.startswith("| patchcore | cl") for row in md.splitlines())
+
+
+def test_every_forgetting_definition_is_reported_with_its_source(sweep_folder):
+    paths = write_comparison_report(sweep_folder)
+    _, rows = load_rows(sweep_folder)
+    by_name = {row.run_name: row for row in rows}
+    cl, joint = by_name["patchcore_cl"], by_name["patchcore_multi_task"]
+    expected = joint.stat("final_avg/image_auroc")[0] - cl.stat("final_avg/image_auroc")[0]
+    assert cl.joint_gaps["forgetting_joint_gap/image_auroc"] == pytest.approx(expected)
+    assert cl.joint_gaps["forgetting_joint_gap/image_auroc"] == pytest.approx(-cl.gap_to_joint)
+    md = paths["md"].read_text()
+    section = md.split("## Forgetting, as each paper defines it")[1]
+    header = section.strip().splitlines()[0]
+    for label in ("Chaudhry", "pyCLAD", "gap to joint", "CLAD relative"):
+        assert label in header
+    chaudhry = np.mean([r["summary"]["forgetting/image_auroc"] for r in cl.records.values()])
+    pyclad = np.mean([r["summary"]["forgetting_pyclad/image_auroc"] for r in cl.records.values()])
+    line = next(row for row in section.splitlines() if row.startswith("| patchcore | cl"))
+    assert f"{chaudhry:.3f}" in line and f"{pyclad:.3f}" in line and f"{expected:.3f}" in line
+    assert "UCAD" in section and "ReplayCAD" in section and "pyCLAD" in section
+    assert "Forgetting, as each paper defines it" in paths["html"].read_text()

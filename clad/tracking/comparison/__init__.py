@@ -25,9 +25,11 @@ from pathlib import Path
 from clad.tracking.comparison.figures import write_plots
 from clad.tracking.comparison.published import CLAD_NOTE, CLAD_PUBLISHED, clad_text
 from clad.tracking.comparison.render import (
+    FORGETTING_NOTE,
     NOTES,
     context_lines,
     csv_rows,
+    forgetting_table,
     incomplete_lines,
     main_table,
     markdown_table,
@@ -76,6 +78,10 @@ def write_comparison_report(folder: Path) -> dict[str, Path]:
     md = [f"# Sweep {name}", "", *context, ""]
     md += markdown_table(table)
     md += ["", *[f"- {n}" for n in notes], ""]
+    forgetting = forgetting_table(rows)
+    md += ["## Forgetting, as each paper defines it", ""]
+    md += plain_markdown(forgetting)
+    md += ["", FORGETTING_NOTE, ""]
     if incomplete:
         md += ["## Incomplete runs", "", *[f"- {line}" for line in incomplete], ""]
     if pairs:
@@ -100,7 +106,9 @@ def write_comparison_report(folder: Path) -> dict[str, Path]:
         "pairs": folder / "report_pairs.csv",
     }
     atomic_write(paths["md"], lambda h: h.write("\n".join(md).encode()))
-    page = render_html(name, context, table, notes, incomplete, pairs_table(pairs), plots)
+    page = render_html(
+        name, context, table, notes, incomplete, pairs_table(pairs), plots, forgetting
+    )
     atomic_write(paths["html"], lambda h: h.write(page.encode()))
     write_csv(paths["csv"], *csv_rows(rows))
     write_csv(

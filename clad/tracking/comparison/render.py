@@ -92,6 +92,42 @@ def main_table(rows: Sequence[Row]) -> Table:
     return Table(header, lines, [r.best for r in rows])
 
 
+FORGETTING_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("forgetting/image_auroc", "Chaudhry (image AUROC)"),
+    ("forgetting_pyclad/image_auroc", "pyCLAD (image AUROC)"),
+    ("forgetting_joint_gap/image_auroc", "gap to joint (image AUROC)"),
+    ("rel_forgetting/pixel_f1_val", "CLAD relative (pixel F1)"),
+)
+FORGETTING_NOTE = (
+    "Forgetting, as each paper defines it, from the same matrices: Chaudhry et al. 2018, the "
+    "drop from the best value since a category was learned (UCAD's and DNE's FM); pyCLAD's "
+    "ForgettingMeasure as released, which also averages the task just learned against its "
+    "values before it was learned; the gap to joint training, the same detector's multi_task "
+    "final average minus this row's (ReplayCAD's FM); CLAD's relative drop of the pixel F1 "
+    "(CLAD, CVPRW 2024). Positive = forgetting for all four; numbers under one name are not "
+    "comparable with another's."
+)
+
+
+def forgetting_table(rows: Sequence[Row]) -> Table:
+    """Every forgetting definition per row (mean ± std over seeds; the joint gap is between
+    means)."""
+    header = ["detector", "strategy", *(label for _, label in FORGETTING_COLUMNS)]
+    lines = []
+    for row in rows:
+        cells = [row.detector, row.strategy]
+        for key, _ in FORGETTING_COLUMNS:
+            if not row.records:
+                cells.append("—")
+            elif key.startswith("forgetting_joint_gap/"):
+                cells.append(fmt_number(row.joint_gaps.get(key, math.nan), "score"))
+            else:
+                mean, std, _ = row.stat(key)
+                cells.append(fmt_stat(mean, std, "score"))
+        lines.append(cells)
+    return Table(header, lines, [False] * len(rows))
+
+
 def markdown_table(table: Table) -> list[str]:
     lines = [
         "| " + " | ".join(table.header) + " |",
@@ -249,6 +285,7 @@ def render_html(
     incomplete: Sequence[str],
     pairs: Table,
     plots: Sequence[Path],
+    forgetting: Table | None = None,
 ) -> str:
     """One self-contained page: inline CSS, tables, plots as base64 PNG data URIs."""
     parts = [
@@ -261,6 +298,10 @@ def render_html(
     parts.append(
         '<div class="notes">' + "".join(f"<p>{html.escape(n)}</p>" for n in notes) + "</div>"
     )
+    if forgetting is not None:
+        parts.append("<h2>Forgetting, as each paper defines it</h2>")
+        parts.append(_html_table(forgetting))
+        parts.append(f'<p class="notes">{html.escape(FORGETTING_NOTE)}</p>')
     if incomplete:
         parts.append(
             "<h2>Incomplete runs</h2><ul>"

@@ -50,6 +50,9 @@ class Row:
     records: dict[int, dict] = field(default_factory=dict)  # finished seeds only
     best: bool = False
     gap_to_joint: float = math.nan
+    joint_gaps: dict[str, float] = field(default_factory=dict)
+    """``forgetting_joint_gap/<metric>``: the same detector's joint (``multi_task``) final
+    average minus this row's, per metric (ReplayCAD's "FM"); positive = below the joint bound."""
 
     def values(self, key: str) -> np.ndarray:
         """[n_finished] per-seed values of ``key`` (NaN where undefined), in seed order."""
@@ -197,8 +200,16 @@ def _mark_best(rows: Sequence[Row]) -> None:
 
 
 def _gap_to_joint(rows: Sequence[Row]) -> None:
+    """Each row against its detector's joint row (same other axes): ``gap_to_joint`` on the
+    ranking metric, ``A - A_joint``, and ``joint_gaps`` per metric, ``A_joint - A``."""
     joint = {(r.detector, r.axes_text()): r for r in rows if r.strategy == JOINT and r.records}
     for row in rows:
         reference = joint.get((row.detector, row.axes_text()))
         if reference is not None and row.records:
             row.gap_to_joint = row.stat(RANK_KEY)[0] - reference.stat(RANK_KEY)[0]
+            for record in row.records.values():
+                for key in record["summary"]:
+                    if key.startswith("final_avg/"):
+                        metric = key.removeprefix("final_avg/")
+                        gap = reference.stat(key)[0] - row.stat(key)[0]
+                        row.joint_gaps[f"forgetting_joint_gap/{metric}"] = gap

@@ -175,6 +175,25 @@ class ContinualMemoryBank(Strategy):
             return detector.predict(x)
         return self.route(x)[0]
 
+    def predict_routed(self, x: Tensor, task_id: int | None) -> tuple[Scores, Tensor | None]:
+        """``per_task``: the scores and the task each image was routed to (the runner's routing
+        accuracy); the other variants keep no part per task to route to (None)."""
+        if self.variant != "per_task":
+            return self.predict(x, task_id), None
+        if not self._prepared:
+            raise RuntimeError("strategy cl: predict called before any learn")
+        return self.route(x)
+
+    def predict_part(self, x: Tensor, task_id: int) -> Scores | None:
+        """``per_task``: the scores of task ``task_id``'s memory alone (oracle routing)."""
+        if self.variant != "per_task":
+            return None
+        detector = self._current()
+        with torch.no_grad():
+            embedding = detector.embed(x.to(detector.device))
+            scores, _ = detector.score(embedding, self._prepared[task_id], x.shape[-2:])
+        return on_cpu(scores)
+
     def route(self, x: Tensor) -> tuple[Scores, Tensor]:
         """Per-task variant: scores of the memory with the lowest routing distance per image,
         and the chosen task numbers [B] (positions in the order tasks were learnt)."""

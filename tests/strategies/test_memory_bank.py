@@ -164,3 +164,25 @@ def test_rejects_detectors_without_memory():
         ContinualMemoryBank(RecordingDetector)
     with pytest.raises(ConfigError, match="'cl' works with memory-bank detectors.*'recording'"):
         ContinualMemoryBank.check_arguments({}, RecordingDetector)  # what a config load runs
+
+
+def test_per_task_banks_report_their_routing_and_score_each_part_alone():
+    torch.manual_seed(0)
+    stream = tasks([0.2, 0.8])
+    strategy = ContinualMemoryBank(patchcore, mem_size_cl=10**6, variant="per_task")
+    for task in stream:
+        strategy.learn(task)
+    images = torch.cat([stream[0].test.tensors[0][:2], stream[1].test.tensors[0][:2]])
+    scores, routes = strategy.predict_routed(images, None)
+    assert routes is not None and routes.shape == (4,)
+    torch.testing.assert_close(scores.image, strategy.predict(images, None).image)
+    assert routes.tolist() == [0, 0, 1, 1]  # each image to its own task's bank
+    for k in range(len(stream)):
+        alone = strategy.predict_part(images, k)
+        assert alone is not None
+        chosen = routes == k
+        torch.testing.assert_close(alone.image[chosen], scores.image[chosen])
+    single = ContinualMemoryBank(patchcore, mem_size_cl=10**6, variant="single_bank")
+    single.learn(stream[0])
+    assert single.predict_routed(images, None)[1] is None  # one bank: nothing to route
+    assert single.predict_part(images, 0) is None

@@ -258,7 +258,9 @@ def test_a_gradient_transform_runs_between_backward_and_the_optimizer_step():
 
     def zero_the_bias(params: dict[str, nn.Parameter]) -> None:
         assert all(p.grad is not None for p in params.values())  # after backward
-        params["bias"].grad.zero_()
+        gradient = params["bias"].grad
+        assert gradient is not None
+        gradient.zero_()
 
     detector.set_gradient_transform(zero_the_bias)
     detector.backward_step(detector.loss(torch.rand(2, 3, 4, 4)), optimizer)

@@ -9,6 +9,7 @@
     result.matrices["image_auroc"]          # T x T, a row per training step, a column per task
     result.category_matrices["image_auroc"]  # T x C, a column per category
     result.summary["forgetting/image_auroc"]
+    result.history[0]["epochs"]              # task 0's training, one record per epoch
     again = clad.load_run(result.folder)     # the same, read from the run folder
 
 The command line (``python main.py``) is a thin layer over these functions: the same
@@ -55,6 +56,11 @@ class RunResult:
         costs: per-task costs (train seconds, inference images/s, MB) and totals.
         completed_tasks: tasks finished (all of them once the run is finished).
         config: the run's ``config.json`` (the settings, ``resolved`` and the seed).
+        history: per learnt task, how it trained: ``epochs`` (one record per epoch:
+            ``epoch``, ``step`` counted over the run, ``train_<term>``, ``val_loss``, ``lr``),
+            ``epochs_trained``, ``stopped_early``, ``stopped_epoch`` and ``best_epoch``;
+            empty epochs for a detector that trains none (memory banks), and an empty list
+            for runs written before the history was kept.
     """
 
     folder: Path
@@ -72,11 +78,20 @@ class RunResult:
     costs: dict[str, Any]
     completed_tasks: int
     config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
         """Whether every task was learnt and evaluated."""
         return self.completed_tasks == len(self.tasks)
+
+    def epochs(self, key: str = "train_loss") -> np.ndarray:
+        """[E] ``key`` (``train_loss``, ``val_loss``, ``lr``, ...) of every trained epoch, in
+        order over the run (NaN where an epoch lacks it)."""
+        return np.array(
+            [_float(epoch.get(key)) for entry in self.history for epoch in entry.get("epochs", [])],
+            dtype=float,
+        )
 
     def matrix(self, metric: str, per: str = "task") -> np.ndarray:
         """``matrices[metric]`` (``per="task"``) or ``category_matrices[metric]``
@@ -107,6 +122,7 @@ class RunResult:
             costs=record["costs"],
             completed_tasks=int(record["completed_tasks"]),
             config=config or {},
+            history=list(record.get("history", [])),
         )
 
 

@@ -1,9 +1,11 @@
 """The one continual-learning loop: learn a task, evaluate every task, record, checkpoint.
 
 Outputs go to ``<output.dir>/<run_name>/seed_<n>/``: ``config.json``, ``metrics.json`` (rewritten
-after every task, so finished rows survive a crash), ``metrics.csv``, ``checkpoints/task_<t>.pt``,
-``plots/`` and ``overlays/``. ``resume=True`` restarts after the last checkpointed task with the
-strategy, the matrices and every RNG restored, so the metrics equal an uninterrupted run's.
+after every task, so finished rows survive a crash), ``metrics.csv``, ``metrics_categories.csv``,
+``metrics_history.csv`` (per-epoch training records), ``checkpoints/task_<t>.pt``, ``plots/``,
+``overlays/`` and the run's report (``report.md``, ``report.html``, ``report.tex``).
+``resume=True`` restarts after the last checkpointed task with the strategy, the matrices and
+every RNG restored, so the metrics equal an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from clad.benchmarks.stream import build_tasks
 from clad.config import RunConfig
@@ -38,11 +39,12 @@ from clad.metrics.continual import summarize
 from clad.models.base import private_generator, resolve_device
 from clad.models.components.backbone import FEATURE_CACHE
 from clad.profiling import phase
+from clad.progress import progress as progress_of
 from clad.records import ScoredSet, Task
 from clad.seeding import rng_state, seed_everything, set_deterministic, set_rng_state
 from clad.strategies.base import Strategy
 from clad.tracking import files
-from clad.tracking.loggers import Logger, build_loggers
+from clad.tracking.loggers import Logger, banner, build_loggers
 from clad.tracking.run_folders import FINISHED, RunExistsError, RunFolder, run_lock
 
 COST_KEYS = (
@@ -113,6 +115,14 @@ def peak_memory_mb(device_type: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def device_text(device: str) -> str:
+    """``training.device`` as it resolves on this machine, with the GPU's name."""
+    resolved = resolve_device(device)
+    if resolved.type != "cuda":
+        return str(resolved)
+    return f"{resolved} ({torch.cuda.get_device_name(resolved)})"
+
+
 def _audio_groups(task: Task) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
     """A machine-sound task's ``test_sections`` and ``test_domains`` (every audio task has
     them)."""
@@ -162,6 +172,9 @@ class Progress:
     thresholds: dict[str, list[list[float]]] = field(
         default_factory=lambda: {"image": [], "pixel": []}
     )
+    # one entry per learnt task: its epochs' training records (``task_history``)
+    history: list[dict] = field(default_factory=list)
+    sees_future_tasks: bool = False
     start: int = 0
 
 
@@ -247,6 +260,18 @@ class Run:
                 if self._loggers is not None
                 else build_loggers(settings, self.seed, self.dir)
             )
+        print(
+            banner(
+                f"{self.config.run_name}/seed_{self.seed}",
+                self.config.detector["name"],
+                self.config.strategy["name"],
+                [task.name for task in tasks],
+                device_text(self.config.training.device),
+                self.dir,
+                progress.start,
+            ),
+            flush=True,
+        )
         last_row: list[ScoredSet] | None = None
         for t in range(progress.start, len(tasks)):
             last_row = self._learn_and_evaluate(strategy, tasks, t, progress, wall_start, loggers)
@@ -264,6 +289,7 @@ class Run:
             matrices={m: np.full((n, n), np.nan) for m in metrics},
             category_matrices={m: np.full((n, c), np.nan) for m in metrics},
             costs={k: [] for k in COST_KEYS},
+            sees_future_tasks=strategy.sees_future_tasks,
         )
         found = self.folder.last_good_checkpoint() if self.resume else None
         if found is None:
@@ -285,6 +311,12 @@ class Run:
             arrays = {m: np.array(v, dtype=float) for m, v in saved.get(kind, {}).items()}
             setattr(progress, kind, arrays)
         progress.costs, progress.thresholds = saved["costs"], saved["thresholds"]
+        # checkpoints written before the history was kept hold none: those tasks read empty
+        history = [dict(entry) for entry in saved.get("history", [])]
+        progress.history = history + [
+            {"task": k, "name": names[k], "epochs": []}
+            for k in range(len(history), saved["task"] + 1)
+        ]
         set_rng_state(saved["rng"])
         progress.start = saved["task"] + 1
         print(
@@ -309,9 +341,15 @@ class Run:
         if device_type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         began = time.perf_counter()
+        before = [len(part) for part in strategy.training_history()]
         with phase("learn"):
             strategy.learn(tasks[t])
         costs["train_seconds"].append(time.perf_counter() - began)
+        entry = task_history(t, tasks[t].name, before, strategy.training_history(), progress)
+        progress.history.append(entry)
+        with phase("loggers"):
+            for logger in loggers:
+                logger.log_history(t, tasks[t].name, entry)
         image_thr, pixel_thr = self._thresholds(strategy, tasks, t, thresholds)
         thresholds["image"].append(image_thr)
         thresholds["pixel"].append(pixel_thr)
@@ -350,6 +388,7 @@ class Run:
                 **routing_record(progress),
                 "costs": progress.costs,
                 "thresholds": progress.thresholds,
+                "history": progress.history,
                 "rng": rng_state(),
             },
         )
@@ -372,10 +411,15 @@ class Run:
             files.write_json(self.metrics_path, record)
             write_metrics_csv(self.dir / "metrics.csv", record)
             write_category_csv(self.dir / "metrics_categories.csv", record)
+            write_history_csv(self.dir / "metrics_history.csv", record)
         produced: list[Path] = []
         if self.config.output.plots:
             with phase("plots"):
                 produced = self._plots(record, last_row, tasks)
+        with phase("files"):
+            from clad.tracking.report import write_run_report
+
+            report = write_run_report(self.dir, plots=self.config.output.plots)
         with phase("loggers"):
             for logger in loggers:
                 logger.finish(summary, record, produced)
@@ -383,6 +427,7 @@ class Run:
             self.dir / FINISHED,
             {"completed_tasks": len(tasks), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")},
         )
+        print(f"[clad] done: results in {self.dir} (report: {report.with_suffix('.html')})")
         return record
 
     def _summary(
@@ -531,7 +576,7 @@ class Run:
         images, seconds = 0, 0.0
         parts = categories_of(tasks)
         steps = learned_steps(tasks)
-        for c, part in enumerate(tqdm(parts, desc=f"evaluate after task {t}", leave=False)):
+        for c, part in enumerate(progress_of(parts, desc=f"evaluate after task {t}")):
             k = int(steps[c])
             scored = self._score(strategy, part)
             with phase("metrics"):
@@ -632,6 +677,7 @@ class Run:
             "categories": [part.name for part in categories_of(tasks)],
             "learned": learned_steps(tasks).tolist(),
             "completed_tasks": completed,
+            "sees_future_tasks": progress.sees_future_tasks,
             "matrices": {m: v.tolist() for m, v in matrices.items()},
             "category_matrices": {m: v.tolist() for m, v in progress.category_matrices.items()},
             **routing_record(progress),
@@ -642,7 +688,66 @@ class Run:
                 "wall_seconds_this_session": time.perf_counter() - wall_start,
             },
             "thresholds": thresholds,
+            "history": progress.history,
         }
+
+
+def task_history(
+    t: int,
+    name: str,
+    before: Sequence[int],
+    after: Sequence[Sequence[dict]],
+    progress: Progress,
+) -> dict:
+    """Task ``t``'s entry of ``metrics.json``'s ``history``: the records its learning added to
+    ``Strategy.training_history`` (``before``: each part's length before), each with ``step``,
+    its epoch counted over the whole run (and ``part``, the trained part, when several
+    trained), and how training ended: ``epochs_trained``, ``stopped_early`` and
+    ``stopped_epoch`` (the epoch at which patience ended it, else None), ``best_epoch`` (the
+    epoch whose weights were kept, when validated; of the last training call)."""
+    new = [
+        (part, records[before[part] if part < len(before) else 0 :])
+        for part, records in enumerate(after)
+    ]
+    new = [(part, records) for part, records in new if records]
+    step = sum(len(entry["epochs"]) for entry in progress.history)
+    epochs = []
+    for part, records in new:
+        for record in records:
+            epochs.append({**record, "step": step, **({"part": part} if len(new) > 1 else {})})
+            step += 1
+    ends = [e for e in epochs if "stopped_early" in e]
+    stopped = [e for e in ends if e["stopped_early"]]
+    return {
+        "task": t,
+        "name": name,
+        "epochs": epochs,
+        "epochs_trained": len(epochs),
+        "stopped_early": bool(stopped),
+        "stopped_epoch": stopped[-1]["epoch"] if stopped else None,
+        "best_epoch": ends[-1].get("best_epoch") if ends else None,
+    }
+
+
+HISTORY_COLUMNS = ("task", "task_name", "part", "step", "epoch", "lr", "train_loss", "val_loss")
+
+
+def write_history_csv(path: Path, record: dict) -> None:
+    """One row per trained epoch: the task, the trained part, the run-wide ``step``, the epoch
+    within its training call, the learning rate, every ``train_<term>`` and ``val_loss``, and
+    on a call's last epoch ``best_epoch`` and ``stopped_early`` (empty where not given)."""
+    epochs = [(entry, epoch) for entry in record.get("history", []) for epoch in entry["epochs"]]
+    extra = sorted(
+        {key for _, epoch in epochs for key in epoch}
+        - set(HISTORY_COLUMNS)
+        - {"best_epoch", "stopped_early"}
+    )
+    header = [*HISTORY_COLUMNS, *extra, "best_epoch", "stopped_early"]
+    rows = []
+    for entry, epoch in epochs:
+        values = {**epoch, "task": entry["task"], "task_name": entry["name"]}
+        rows.append(["" if values.get(key) is None else values[key] for key in header])
+    files.write_csv(path, header, rows)
 
 
 def write_metrics_csv(path: Path, record: dict) -> None:

@@ -4,7 +4,7 @@ Layers, from the bottom (imported by everything above) to the top (imports what 
 
 0. ``clad.errors`` (the user-facing errors) and ``clad.profiling`` (named timers).
 1. records and mechanisms: ``clad.records``, ``clad.imageio``, ``clad.seeding``, ``clad.registry``
-   (the registry imports nothing it registers).
+   (the registry imports nothing it registers), ``clad.progress`` (progress of long loops).
 2. pure functions: ``clad.metrics``, ``clad.models.components``.
 3. readers, detectors and outputs: ``clad.benchmarks``, ``clad.models``, ``clad.tracking``; none of
    the three imports another (they meet in the records).
@@ -12,7 +12,8 @@ Layers, from the bottom (imported by everything above) to the top (imports what 
 5. ``clad.config``: it composes the benchmarks' dataset block and validates detector and
    strategy parameters against the registered classes.
 6. ``clad.runner``: the one loop; it owns everything below.
-7. ``clad.sweeps``: grids of runs.
+7. ``clad.sweeps``: grids of runs; ``clad.predict``: a trained run scoring new images, and its
+   export.
 8. ``clad.api`` (run, sweep, load_run) and ``clad.testing`` (the public contract checks).
 9. ``clad.perf``, ``clad.cli``: entry points. 10. ``clad`` itself: the package re-exports the
    API (lazily, so ``import clad`` stays light).
@@ -30,13 +31,13 @@ ROOT = Path(__file__).resolve().parents[1] / "clad"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("clad.errors", "clad.profiling"),
-    ("clad.records", "clad.imageio", "clad.seeding", "clad.registry"),
+    ("clad.records", "clad.imageio", "clad.seeding", "clad.registry", "clad.progress"),
     ("clad.metrics", "clad.models.components"),
     ("clad.benchmarks", "clad.models", "clad.tracking"),
     ("clad.strategies",),
     ("clad.config",),
     ("clad.runner",),
-    ("clad.sweeps",),
+    ("clad.sweeps", "clad.predict"),
     ("clad.api", "clad.testing"),
     ("clad.perf", "clad.cli"),
     ("clad",),

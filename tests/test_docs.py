@@ -31,7 +31,7 @@ from tests.paths import REPO as ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 MARKER = re.compile(r"^<!--\s*test:\s*(?P<mode>run slow|run|check|no\b.*?)\s*-->$")
-COMMANDS = ("run", "sweep", "report", "generate", "protocols")
+COMMANDS = ("run", "sweep", "report", "predict", "export", "generate", "protocols")
 README_LIMIT = 250
 
 

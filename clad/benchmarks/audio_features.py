@@ -38,9 +38,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from clad.benchmarks.user_cache import user_cache_dir
 from clad.errors import DatasetError
+from clad.progress import progress
 
 AMIN = 1e-10  # librosa power_to_db's floor on power before the log
 CACHE_VERSION = 1  # bump when the computation changes, so stale caches are not reused
@@ -172,15 +173,6 @@ def fit_frames(spec: np.ndarray, frames: int) -> np.ndarray:
     return np.pad(spec, ((0, 0), (0, frames - count)), mode="wrap")
 
 
-def user_cache_dir() -> Path:
-    """clad's cache folder: ``$CLAD_CACHE_DIR``, else ``$XDG_CACHE_HOME/clad``, else
-    ``~/.cache/clad``."""
-    if os.environ.get("CLAD_CACHE_DIR"):
-        return Path(os.environ["CLAD_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "clad"
-
-
 def default_cache_dir(root: Path) -> Path:
     """Where a dataset's features go when ``dataset.audio.cache_dir`` is null:
     ``<user_cache_dir>/audio_features/<root name>-<hash of the resolved root>``, one folder per
@@ -255,11 +247,10 @@ def extract_features(
         try:
             with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
                 rows = pool.map(one, paths)
-                bar = tqdm(
+                bar = progress(
                     rows,
-                    total=len(paths),
                     desc=f"log-mel {name}",
-                    leave=False,
+                    total=len(paths),
                     disable=len(paths) < PROGRESS_MIN_CLIPS,
                 )
                 for i, spec in enumerate(bar):

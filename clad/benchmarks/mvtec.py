@@ -14,20 +14,21 @@ mask for every defective image.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
-from tqdm import tqdm
 
+from clad.benchmarks.decode_cache import DecodeCache, DecodeCacheSetting, parallel_workers
 from clad.errors import DatasetError
 from clad.imageio import IMAGE_EXTENSIONS, decode
+from clad.progress import progress
 from clad.records import Sample
 
 PROGRESS_MIN_IMAGES = 50  # show a decoding progress bar above this many images
@@ -131,7 +132,13 @@ class ImageDataset(Dataset):
     categories without pixel ground truth get all-zero masks.
 
     Items are ``(image [3, S, S] float32 in [0, 1], mask [1, S, S] float32 in {0, 1}, label)``
-    with S = ``crop_size or image_size``.
+    with S = ``crop_size or image_size``. ``split`` (``train``, ``val``, ``test``) names the
+    split in the decoding progress line.
+
+    Decoding runs on a thread per core (``decode_cache.parallel_workers``), and each resized
+    image and mask is kept in the decode cache (``decode_cache``: True for the user's cache, a
+    folder, or False; ``clad.benchmarks.decode_cache``), so the next dataset over the same
+    files at the same sizes reads them instead of decoding them again.
 
     Attributes:
         samples: the samples, in order.
@@ -140,7 +147,14 @@ class ImageDataset(Dataset):
         masks: [N, 1, S, S] bool.
     """
 
-    def __init__(self, samples: Sequence[Sample], image_size: int, crop_size: int | None = None):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        image_size: int,
+        crop_size: int | None = None,
+        split: str = "",
+        decode_cache: DecodeCacheSetting = True,
+    ):
         if len(samples) == 0:
             raise DatasetError("ImageDataset needs at least one sample")
         if image_size < 1:
@@ -151,15 +165,14 @@ class ImageDataset(Dataset):
         self.labels = [sample.label for sample in self.samples]
         self.image_size = image_size
         self.crop_size = crop_size
-        workers = min(8, os.cpu_count() or 1, len(self.samples))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        self.cache = DecodeCache.from_setting(decode_cache)
+        with ThreadPoolExecutor(max_workers=parallel_workers(len(self.samples))) as pool:
             loaded = list(
-                tqdm(
+                progress(
                     pool.map(self._load, self.samples),
+                    desc=f"decoding {self.samples[0].category}" + (f" ({split})" if split else ""),
                     total=len(self.samples),
-                    desc=f"decoding {self.samples[0].category}",
                     disable=len(self.samples) <= PROGRESS_MIN_IMAGES,
-                    leave=False,
                 )
             )
         self.images = torch.stack([image for image, _ in loaded])  # [N, 3, S, S] uint8
@@ -186,23 +199,65 @@ class ImageDataset(Dataset):
             tensor = TF.center_crop(tensor, [self.crop_size, self.crop_size])
         return tensor
 
+    def _cached(
+        self, sources: list[Path], recipe: str, channels: int, dtype: torch.dtype, compute
+    ) -> Tensor:
+        """``compute()`` ([channels, S, S] of ``dtype``), through the decode cache when on."""
+        if self.cache is None:
+            return compute()
+        side = self.crop_size or self.image_size
+        recipe = f"{recipe}|resize {self.image_size}|crop {self.crop_size}"
+        return self.cache.fetch(sources, recipe, (channels, side, side), dtype, compute)
+
     def _load(self, sample: Sample) -> tuple[Tensor, Tensor]:
         """One sample -> (image [3, S, S] uint8, mask [1, S, S] bool)."""
-        raw = decode(sample.path, "RGB")  # [3, H, W]
-        image = self._fit(raw, InterpolationMode.BILINEAR)  # [3, S, S]
+        if sample.mask_path is None and sample.label == 1 and sample.has_masks:
+            raise DatasetError(
+                f"defective image {sample.path} has no mask_path, but its category "
+                f"{sample.category!r} has pixel ground truth (has_masks=True)"
+            )
+        image = self._cached(  # [3, S, S]
+            [sample.path],
+            "image|RGB|bilinear antialias",
+            3,
+            torch.uint8,
+            lambda: self._fit(decode(sample.path, "RGB"), InterpolationMode.BILINEAR),
+        )
         if sample.mask_path is None:
-            if sample.label == 1 and sample.has_masks:
-                raise DatasetError(
-                    f"defective image {sample.path} has no mask_path, but its category "
-                    f"{sample.category!r} has pixel ground truth (has_masks=True)"
-                )
             return image, torch.zeros((1, *image.shape[1:]), dtype=torch.bool)
+        rule = "nonzero" if sample.mask_nonzero else "above 127 (0/1-coded: above 0)"
+        mask = self._cached(  # [1, S, S]
+            [sample.mask_path, sample.path],
+            f"mask|{rule}|nearest",
+            1,
+            torch.bool,
+            lambda: self._mask(sample),
+        )
+        return image, mask
+
+    def _mask(self, sample: Sample) -> Tensor:
+        """A sample's mask, binarized and resized: [1, S, S] bool."""
+        assert sample.mask_path is not None  # called for samples with a mask only
         mask = decode(sample.mask_path, "L")  # [1, H, W]
-        if mask.shape[1:] != raw.shape[1:]:
+        width, height = image_size(sample.path)
+        if mask.shape[1:] != (height, width):
             raise DatasetError(
                 f"mask {sample.mask_path} is {mask.shape[2]}x{mask.shape[1]} pixels but its "
-                f"image {sample.path} is {raw.shape[2]}x{raw.shape[1]}"
+                f"image {sample.path} is {width}x{height}"
             )
         threshold = 0 if sample.mask_nonzero or mask.max() <= 1 else 127
         mask = (mask > threshold).to(torch.uint8)
-        return image, self._fit(mask, InterpolationMode.NEAREST).bool()
+        return self._fit(mask, InterpolationMode.NEAREST).bool()
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, from its header.
+
+    Raises:
+        DatasetError: naming the file when it is missing or not an image.
+    """
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetError(f"cannot read image {path}: {err}") from err

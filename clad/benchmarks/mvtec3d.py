@@ -28,6 +28,7 @@ Items by ``mode``: ``rgb`` -> [3, S, S]; ``depth`` -> [2, S, S] (height, foregro
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +40,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
+from clad.benchmarks.decode_cache import DecodeCache, DecodeCacheSetting, parallel_workers
 from clad.benchmarks.mvtec import category_folder, list_folders, list_images
 from clad.errors import DatasetError
 from clad.imageio import decode
@@ -182,6 +184,8 @@ class RGBDDataset(Dataset):
         mode: ``rgb``, ``depth`` or ``rgb+depth`` (see the module docstring for the channels).
         depth_scale: heights are divided by this (metres -> about [0, 1] for MVTec 3D-AD's
             objects, a few centimetres tall).
+        decode_cache: the decode cache of the prepared inputs and masks (True: the user's
+            cache, a folder, or False; ``clad.benchmarks.decode_cache``).
     """
 
     def __init__(
@@ -193,6 +197,7 @@ class RGBDDataset(Dataset):
         n_fills: int = 3,
         bg_thresh: float = 7e-3,
         depth_scale: float = 0.05,
+        decode_cache: DecodeCacheSetting = True,
     ) -> None:
         if mode not in MODE_CHANNELS:
             raise ValueError(f"mode must be one of {list(MODE_CHANNELS)}, got {mode!r}")
@@ -203,7 +208,9 @@ class RGBDDataset(Dataset):
         self.mode = mode
         self.image_size, self.crop_size = image_size, crop_size
         self.n_fills, self.bg_thresh, self.depth_scale = n_fills, bg_thresh, depth_scale
-        items = [self._load(s) for s in self.samples]
+        self.cache = DecodeCache.from_setting(decode_cache)
+        with ThreadPoolExecutor(max_workers=parallel_workers(len(self.samples))) as pool:
+            items = list(pool.map(self._load_cached, self.samples))
         self.inputs = torch.stack([x for x, _ in items])  # [N, C, S, S] float32
         self.masks = torch.stack([m for _, m in items])  # [N, 1, S, S] bool
 
@@ -228,6 +235,37 @@ class RGBDDataset(Dataset):
             tensor = TF.center_crop(tensor, [self.crop_size] * 2)
         return tensor
 
+    def _load_cached(self, sample: Sample) -> tuple[Tensor, Tensor]:
+        """``_load`` through the decode cache (inputs and mask, each an entry of its own)."""
+        if self.cache is None:
+            return self._load(sample)
+        side = self.crop_size or self.image_size
+        sizes = f"resize {self.image_size}|crop {self.crop_size}"
+        sources = [sample.path] if self.mode == "rgb" else [sample.path, xyz_path(sample)]
+        recipe = (
+            f"rgbd|{self.mode}|fills {self.n_fills}|background {self.bg_thresh}|"
+            f"scale {self.depth_scale}|{sizes}"
+        )
+        channels = MODE_CHANNELS[self.mode]
+        inputs = self.cache.fetch(
+            sources, recipe, (channels, side, side), torch.float32, lambda: self._load(sample)[0]
+        )
+        mask_path = sample.mask_path
+        if mask_path is None:
+            return inputs, torch.zeros((1, side, side), dtype=torch.bool)
+        mask = self.cache.fetch(
+            [mask_path],
+            f"rgbd mask|above 127 (0/1-coded: above 0)|nearest|{sizes}",
+            (1, side, side),
+            torch.bool,
+            lambda: self._mask(mask_path),
+        )
+        return inputs, mask
+
+    def _mask(self, path: Path) -> Tensor:
+        mask = self._fit(decode(path, "L"), InterpolationMode.NEAREST)  # [1, S, S]
+        return mask > (127 if mask.max() > 1 else 0)  # 0/255 or 0/1 coded
+
     def _load(self, sample: Sample) -> tuple[Tensor, Tensor]:
         channels = []
         rgb_size: tuple[int, int] | None = None
@@ -247,5 +285,4 @@ class RGBDDataset(Dataset):
         size = inputs.shape[1:]
         if sample.mask_path is None:
             return inputs, torch.zeros((1, *size), dtype=torch.bool)
-        mask = self._fit(decode(sample.mask_path, "L"), InterpolationMode.NEAREST)  # [1, S, S]
-        return inputs, mask > (127 if mask.max() > 1 else 0)  # 0/255 or 0/1 coded
+        return inputs, self._mask(sample.mask_path)

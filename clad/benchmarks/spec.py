@@ -130,6 +130,11 @@ class DatasetConfig(Block):
     ``alphabetical``, ``random`` (seeded by the run's seed: a sweep over seeds is a sweep over
     orders) or an explicit list of every category. Category names are plain names
     (``CATEGORY_NAME``): they become parts of file names.
+
+    ``decode_cache``: where decoded, resized images are kept between runs
+    (``clad.benchmarks.decode_cache``): ``true`` (the user's cache, ``$CLAD_CACHE_DIR`` else
+    ``$XDG_CACHE_HOME/clad`` else ``~/.cache/clad``, folder ``decoded``), a folder, or
+    ``false`` (decode every run). It never changes a run's numbers.
     """
 
     name: Literal[
@@ -154,6 +159,7 @@ class DatasetConfig(Block):
     use_3D_dataset: bool = False
     mode: Literal["rgb", "depth", "rgb+depth"] = "rgb"
     test_split: Literal["test_public", "test_private", "test_private_mixed"] = "test_public"
+    decode_cache: bool | str = True
     synthetic: SyntheticConfig = SyntheticConfig()
     audio: AudioConfig | None = None  # audio datasets only; filled with the defaults for them
 

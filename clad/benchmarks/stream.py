@@ -89,19 +89,26 @@ def build_tasks(config: DatasetConfig, seed: int) -> list[Task]:
     root = Path(config.root)
     categories = list(config.category_list)
     read = image_reader(config, root)
-    make_dataset: Callable[[list[Sample]], Dataset] = partial(
-        ImageDataset, image_size=config.image_size, crop_size=config.crop_size
+    make_dataset: Callable[..., Dataset] = partial(
+        ImageDataset,
+        image_size=config.image_size,
+        crop_size=config.crop_size,
+        decode_cache=config.decode_cache,
     )
     if config.use_3D_dataset:
         from clad.benchmarks.mvtec3d import RGBDDataset
 
         read = _read_3d(config, root, categories)
-        make_dataset = partial(
+        rgbd = partial(
             RGBDDataset,
             image_size=config.image_size,
             mode=config.mode,
             crop_size=config.crop_size,
+            decode_cache=config.decode_cache,
         )
+
+        def make_dataset(samples: list[Sample], split: str = "") -> Dataset:
+            return rgbd(samples)
     elif config.name == "synthetic":
         gen = config.synthetic
         generate_dataset(
@@ -126,9 +133,9 @@ def build_tasks(config: DatasetConfig, seed: int) -> list[Task]:
                 fit, val = split_validation(fit, config.val_fraction, seed, category)
             has_masks = all(s.has_masks for s in test)
             datasets[category] = (
-                make_dataset(fit),
-                make_dataset(val),
-                make_dataset(test),
+                make_dataset(fit, split="train"),
+                make_dataset(val, split="val"),
+                make_dataset(test, split="test"),
                 has_masks,
             )
         return datasets[category]

@@ -1,5 +1,5 @@
-"""Command line: ``run`` (the default), ``sweep``, ``report`` and ``generate``. See
-``python main.py --help``."""
+"""Command line: ``run`` (the default), ``sweep``, ``report``, ``predict``, ``export``,
+``generate`` and ``protocols``. See ``python main.py --help``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 from clad.cli import generate
 from clad.cli.commands import (
     Interrupted,
+    cmd_export,
+    cmd_predict,
     cmd_protocols,
     cmd_report,
     cmd_run,
@@ -21,6 +23,8 @@ COMMANDS = {
     "run": cmd_run,
     "sweep": cmd_sweep,
     "report": cmd_report,
+    "predict": cmd_predict,
+    "export": cmd_export,
     "generate": generate.cmd_generate,
     "protocols": cmd_protocols,
 }
@@ -42,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     elif argv and argv[0] in ("-h", "--help") and len(argv) == 1:
         run_parser().print_help()
         print(
-            "\nCommands: run (default), sweep, report, generate, protocols. "
+            "\nCommands: run (default), sweep, report, predict, export, generate, protocols. "
             "`clad <command> --help` for each."
         )
         return 0

@@ -1,8 +1,10 @@
-"""The ``run``, ``sweep`` and ``report`` commands: their parsers and what they do."""
+"""The ``run``, ``sweep``, ``report``, ``predict`` and ``export`` commands: their parsers and
+what they do."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import signal
 import sys
@@ -122,11 +124,16 @@ def seed_value(text: str) -> int:
 def report_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clad report",
-        description="Aggregate a run folder's seeds (mean and std), or compare the runs of a "
-        "sweep folder: report.md, report.html, report.csv.",
+        description="Report one seed's run (output/<run>/seed_<n>), a run's seeds aggregated "
+        "(mean and std; output/<run>) or compare the runs of a sweep folder: report.md, "
+        "report.html (self-contained, plots embedded), report.tex (LaTeX booktabs table), "
+        "report.csv.",
     )
     parser.add_argument(
-        "folder", type=Path, help="a run folder (output/demo) or a sweep folder (output/<sweep>)"
+        "folder",
+        type=Path,
+        help="a seed's folder (output/demo/seed_0), a run folder (output/demo) or a sweep "
+        "folder (output/<sweep>)",
     )
     return parser
 
@@ -241,7 +248,8 @@ def cmd_run(argv: list[str]) -> int:
             return stop.exit_code
     if len(args.seed) > 1:
         folder = Path(args.output or config.output.dir) / config.run_name
-        print(f"[clad] seeds aggregated in {write_run_report(folder)}")
+        report = write_run_report(folder, plots=config.output.plots)
+        print(f"[clad] seeds aggregated in {report} and {report.with_suffix('.html')}")
     return 0
 
 
@@ -284,13 +292,21 @@ def cmd_report(argv: list[str]) -> int:
     args = report_parser().parse_args(argv)
     if is_sweep_folder(args.folder):
         paths = write_comparison_report(args.folder)
-        print(paths["md"].read_text())
+        print(markdown_section(paths["md"].read_text(), "Results"))
         print(f"[clad] wrote {', '.join(str(p) for p in paths.values())}")
         return 0
     path = write_run_report(args.folder)
-    print(path.read_text())
-    print(f"[clad] wrote {path} and {path.with_suffix('.csv')}")
+    print(markdown_section(path.read_text(), "Summary"))
+    written = [path.with_suffix(suffix) for suffix in (".md", ".html", ".tex", ".csv")]
+    print(f"[clad] wrote {', '.join(str(p) for p in written)}")
     return 0
+
+
+def markdown_section(text: str, title: str) -> str:
+    """The body of a report's ``## <title>`` section (what ``report`` prints; the rest is in
+    the files)."""
+    body = text.split(f"\n## {title}\n", 1)[-1]
+    return body.split("\n## ", 1)[0].strip()
 
 
 def cmd_sweep(argv: list[str]) -> int:
@@ -332,7 +348,7 @@ def cmd_sweep(argv: list[str]) -> int:
         from clad.tracking.comparison import write_comparison_report
 
         paths = write_comparison_report(sweep.sweep_dir)
-        print(f"[sweep] report: {paths['md']}, {paths['html']}, {paths['csv']}")
+        print(f"[sweep] report: {', '.join(str(path) for path in paths.values())}")
     return 1 if outcome.failures or outcome.not_run else 0
 
 
@@ -362,4 +378,134 @@ def cmd_protocols(argv: list[str]) -> int:
     for protocol in PROTOCOLS.values():
         steps = protocol.shape()
         print(f"{protocol.name:<16} {protocol.dataset or 'any':<10} {steps:<28} {protocol.source}")
+    return 0
+
+
+PREDICT_HELP = """Score a folder of images with a trained run, as it was after a task (default: the
+last): scores.csv (path, image score, label by folder: good = 0, other folders = 1), and for
+detectors with maps the maps (.npy) and overlays (.png); summary.json with the image AUROC when
+the folders give both labels.
+
+Examples:
+  python main.py predict --run output/demo/seed_0 --images data/synthetic_64/nut/test
+  python main.py predict --run output/mvtec_patchcore_cl/seed_0 --task 0 \\
+      --images data/mvtec_anomaly_detection/bottle/test --output predictions/bottle
+"""
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clad predict",
+        description=PREDICT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_trained_run_arguments(parser)
+    parser.add_argument(
+        "--images", required=True, type=Path, help="folder of images (read recursively)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="folder for the results (default: <run>/predictions/<images folder>_task<T>)",
+    )
+    parser.add_argument(
+        "--overlays",
+        type=int,
+        default=None,
+        metavar="N",
+        help="overlays of the first N images only (default: every image; 0: none)",
+    )
+    parser.add_argument("--no-maps", action="store_true", help="do not write the maps (.npy)")
+    return parser
+
+
+def add_trained_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--run``, ``--task``, ``--task-id`` and ``--device``: which trained model, and where."""
+    parser.add_argument(
+        "--run",
+        required=True,
+        type=Path,
+        help="a run's seed folder (output/<run>/seed_<n>), or its run folder when it has one seed",
+    )
+    parser.add_argument(
+        "--task",
+        type=int,
+        default=None,
+        help="the model as it was after this task (its checkpoint; default: the last)",
+    )
+    parser.add_argument(
+        "--task-id",
+        type=int,
+        default=None,
+        help="the task the images belong to: picks the model of task-aware strategies "
+        "(single_model) and the thresholds marked on the overlays",
+    )
+    parser.add_argument(
+        "--device", default=None, help="auto, cpu, cuda or cuda:<i> (default: the run's)"
+    )
+
+
+def cmd_predict(argv: list[str]) -> int:
+    from clad.predict import load_trained, predict_folder
+
+    args = predict_parser().parse_args(argv)
+    trained = load_trained(args.run, args.task, args.device)
+    output = args.output or (
+        trained.folder / "predictions" / f"{args.images.resolve().name}_task{trained.task}"
+    )
+    result = predict_folder(
+        trained, args.images, output, args.task_id, args.overlays, maps=not args.no_maps
+    )
+    print(
+        f"[clad] {trained.folder}: the model after task {trained.task} "
+        f"({trained.tasks[trained.task]}) scored {len(result.samples)} images of {args.images}"
+    )
+    if math.isfinite(result.auroc):
+        print(f"[clad] image AUROC by folder labels (good = 0, others = 1): {result.auroc:.4f}")
+    print(
+        f"[clad] wrote {result.csv}, {len(result.maps)} maps and {len(result.overlays)} "
+        f"overlays in {output}"
+    )
+    return 0
+
+
+EXPORTABLE = ("conv_ae", "fastflow", "stfpm", "unet_ae", "vae")
+"""The built-in detectors that export (``clad.predict.exportable_detectors``; a test keeps the
+two equal)."""
+
+
+def export_parser() -> argparse.ArgumentParser:
+    from clad.predict import EXPORT_FORMATS
+
+    parser = argparse.ArgumentParser(
+        prog="clad export",
+        description="Export a trained run's detector (as it was after a task) to TorchScript "
+        "or ONNX: a module mapping images [B, 3, H, W] in [0, 1] at the run's size to (image "
+        "scores [B], anomaly maps [B, H, W]). Detectors whose scoring is one network's "
+        f"forward pass export ({', '.join(EXPORTABLE)}); memory-bank and routing methods "
+        "do not.",
+    )
+    add_trained_run_arguments(parser)
+    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="the file (default: <run>/export/<detector>_task<T>.pt or .onnx)",
+    )
+    return parser
+
+
+def cmd_export(argv: list[str]) -> int:
+    from clad.predict import export_run, load_trained
+
+    args = export_parser().parse_args(argv)
+    trained = load_trained(args.run, args.task, args.device or "cpu")
+    path, difference = export_run(trained, args.format, args.output, args.task_id)
+    print(
+        f"[clad] exported {trained.config.detector['name']} after task {trained.task} "
+        f"({trained.tasks[trained.task]}) to {path} ({args.format}); largest difference from "
+        f"predict's image scores on a random batch: {difference:.2g}"
+    )
     return 0

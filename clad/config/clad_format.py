@@ -16,6 +16,17 @@ A CLAD file runs CLAD's method where clad's defaults differ from it (docs/clad-f
   the tasks' means and inverse covariances).
 - ``vae``: ``loss_weighting: "clad"`` (CLAD's ELBO weighting; a notice says it collapses the
   posterior).
+- ``architecture: "pix2pix"`` runs the model its ``trainer`` names (CLAD's ``create_trainer``):
+  ``pix2pix_inpaint`` -> detector ``pix2pix_inpaint``, ``pix2pix_scaling_model`` -> detector
+  ``pix2pix_scaling``; ``k_value`` -> ``k_values``, ``lambda_L1`` -> ``l1_weight``.
+- ``compressed_replay`` and ``compressed_degenerative_replay`` (CLAD's 32 x 32 memory restored by
+  a pix2pix super-resolution model) -> ``compressed_replay_sr`` (with ``degenerative: true`` for
+  the second), mixed into every batch as ``replay``. clad's own ``downscaled_replay`` (bilinear
+  downscaling, optional JPEG) is not CLAD's method, and no CLAD name maps to it.
+- ``num_epochs: 0`` is left out (CLAD's scaling-model file: no training, its training and test
+  images read from the ``memorized/`` and ``evaluate_data/`` folders an earlier run saved,
+  ``manage_dataset``): a clad run trains the detector for its default epochs on the task's
+  images, and the key is reported as ignored, with those folder keys.
 """
 
 from __future__ import annotations
@@ -31,6 +42,11 @@ from clad.models.base import TrainedDetector
 from clad.registry import detector_table, parameter_names
 
 ARCHITECTURES = {"cae": "conv_ae", "unet": "unet_ae"}
+# CLAD's ``architecture: "pix2pix"`` runs the model its ``trainer`` names (``create_trainer``).
+PIX2PIX_TRAINERS = {
+    "pix2pix_inpaint": "pix2pix_inpaint",
+    "pix2pix_scaling_model": "pix2pix_scaling",
+}
 STRATEGIES = {
     "naive": "naive",
     "replay": "replay",
@@ -41,10 +57,12 @@ STRATEGIES = {
     "cumulative": "cumulative",
     "latent_replay": "latent_replay",
     "generative_replay": "generative_replay",
-    "compressed_replay": "compressed_replay",
+    "compressed_replay": "compressed_replay_sr",
+    "compressed_degenerative_replay": "compressed_replay_sr",
 }
-REPLAYS = ("replay", "latent_replay", "generative_replay", "compressed_replay")  # take mem_size
-BATCH_MIXED = ("replay", "latent_replay")  # CLAD mixes memory into every batch (trained only)
+REPLAYS = ("replay", "latent_replay", "generative_replay", "compressed_replay_sr")  # mem_size
+# CLAD mixes memory into every batch (``Memory.create_batch_data``; trained detectors only)
+BATCH_MIXED = ("replay", "latent_replay", "compressed_replay_sr")
 CL_VARIANTS = {"patchcore": "per_task", "padim": "average"}  # CLAD's ``cl`` per architecture
 # CLAD key -> detector parameter name (used only when the detector takes that parameter).
 DETECTOR_KEYS = {
@@ -54,6 +72,8 @@ DETECTOR_KEYS = {
     "imagenet_train_path": "imagenet_train_path",
     "latent_dim": "latent_dim",
     "beta": "beta",
+    "k_value": "k_values",
+    "lambda_L1": "l1_weight",
 }
 
 
@@ -93,6 +113,14 @@ def translate(raw: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
         raise ConfigError(f"{path}: CLAD format needs 'architecture'")
     arch = str(take("architecture")).lower()
     name = ARCHITECTURES.get(arch, arch)
+    if arch == "pix2pix":
+        trainer = str(take("trainer")).lower() if "trainer" in clad else ""
+        if trainer not in PIX2PIX_TRAINERS:
+            raise ConfigError(
+                f"{path}: architecture 'pix2pix' with trainer {trainer!r} is not available; "
+                f"known trainers: {', '.join(PIX2PIX_TRAINERS)}"
+            )
+        name = PIX2PIX_TRAINERS[trainer]
     if name not in detector_table():
         known = ", ".join(sorted(detector_table()))
         raise ConfigError(f"{path}: architecture {arch!r} is not available; known: {known}")
@@ -112,6 +140,8 @@ def translate(raw: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
         strategy["mixing"] = "batch"
     if strategy["name"] == "latent_replay":
         strategy["regenerate"] = True
+    if strategy_raw == "compressed_degenerative_replay":
+        strategy["degenerative"] = True
     used.add("cl")  # CLAD's per-model switch for the cl mode; sample_strategy decides here
 
     dataset: dict[str, Any] = {"name": "mvtec"}
@@ -141,7 +171,7 @@ def translate(raw: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
     uses = getattr(detector_table()[name], "training_keys", ())
     training: dict[str, Any] = {}
     for src, dst in (("num_epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr")):
-        if src in clad and dst in uses:
+        if src in clad and dst in uses and not (dst == "epochs" and clad[src] == 0):
             training[dst] = take(src)
     if "patience" in clad and "patience" in uses:
         training["patience"] = int(take("patience"))

@@ -107,7 +107,9 @@ class OutputConfig(Block):
 
 class WandbConfig(Block):
     enabled: bool = True
-    mode: Literal["offline", "online"] = "offline"
+    # None: as wandb itself decides (WANDB_MODE, else online when logged in, else offline);
+    # set, it wins over both (clad.tracking.loggers.wandb_mode)
+    mode: Literal["offline", "online"] | None = None
     project: str = "clad"
     entity: str | None = None
     group: str | None = None
@@ -162,7 +164,9 @@ class Components:
 
 
 class RunConfig(Block):
-    run_name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")  # a plain folder name
+    run_name: str = Field(  # a plain folder name, short enough for every file system
+        max_length=200, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+    )
     dataset: DatasetConfig = DatasetConfig()
     detector: dict[str, Any]
     strategy: dict[str, Any]

@@ -48,7 +48,7 @@ then mapped to [-1, 1] for the tanh generator).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 
 from clad.models.base import TrainedDetector, Training, private_generator, tensor_bytes
+from clad.profiling import phase, timed
 from clad.records import Scores, dataset_length
 from clad.registry import register_detector
 
@@ -165,11 +166,12 @@ class Trunk(nn.Module):
 
 
 class PatchEncoder(nn.Module):
-    """DCGAN encoder: [B, 1, H, W] -> trunk -> a valid conv over the final map -> [B, nz, 1, 1]."""
+    """DCGAN encoder: [B, 1, H, W] -> trunk -> a valid conv over the final map -> [B, nz, 1, 1]
+    (``first_norm`` False: no LayerNorm after the first convolution)."""
 
-    def __init__(self, height: int, width: int, nz: int, ndf: int) -> None:
+    def __init__(self, height: int, width: int, nz: int, ndf: int, first_norm: bool = True) -> None:
         super().__init__()
-        self.trunk = Trunk(height, width, ndf)
+        self.trunk = Trunk(height, width, ndf, first_norm)
         self.to_latent = nn.Conv2d(self.trunk.channels, nz, self.trunk.final_size, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -207,9 +209,11 @@ class PatchDecoder(nn.Module):
 class Generator(nn.Module):
     """The autoencoder G = decoder(encoder(x)) on [B, 1, H, W] patches."""
 
-    def __init__(self, height: int, width: int, nz: int, ndf: int, ngf: int) -> None:
+    def __init__(
+        self, height: int, width: int, nz: int, ndf: int, ngf: int, first_norm: bool = True
+    ) -> None:
         super().__init__()
-        self.encoder = PatchEncoder(height, width, nz, ndf)
+        self.encoder = PatchEncoder(height, width, nz, ndf, first_norm)
         self.decoder = PatchDecoder(height, width, nz, ngf)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -291,12 +295,18 @@ class AEGAN(TrainedDetector):
             ``batch_size`` windows per batch), or K random windows per clip in batches of
             ``batch_size`` clips (cheaper; see the module docstring).
         nz: latent size; ndf, ngf: first / last channel widths of the critic-encoder / decoder.
+        encoder_first_norm: the LayerNorm after the encoder's first convolution (the official
+            DCASE 2022 code drops it for bearing, fan and ToyCar: ``dcase22/net.py``,
+            ``Generator``, ``first_norm``; the critic always keeps it).
         feature_match_mu, feature_match_sigma: μ1 and μ2 of L_G.
         gradient_penalty: λ of L_D.
         n_critic: critic updates per generator update.
         score: the scoring variant (``SCORE_NAMES``).
         lof_neighbors, knn_neighbors: k of the LOF and KNN embedding scores (capped by the number
             of training clips).
+        maps: whether ``predict`` returns the generator's error map (``Scores.pixel``: overlay
+            curves). With a ``D-`` score it costs a generator pass per window, twice the critic
+            pass the score needs; False returns no map (None) and runs only what the score needs.
         training: ``Training`` (``batch_size`` counts clips, ``lr`` is both networks'); by
             default 60 epochs at lr 2e-4, batch 16, early stopping after 10 epochs, float32
             (the critic's gradient penalty differentiates twice).
@@ -315,6 +325,7 @@ class AEGAN(TrainedDetector):
         nz: PositiveInt = 256,
         ndf: PositiveInt = 32,
         ngf: PositiveInt = 32,
+        encoder_first_norm: bool = True,
         feature_match_mu: NonNegativeFloat = 0.1,
         feature_match_sigma: NonNegativeFloat = 0.0,
         gradient_penalty: NonNegativeFloat = 10.0,
@@ -322,6 +333,7 @@ class AEGAN(TrainedDetector):
         score: ScoreName = "D-LOF",
         lof_neighbors: PositiveInt = 4,
         knn_neighbors: PositiveInt = 2,
+        maps: bool = True,
         training: Training | None = None,
     ) -> None:
         self.n_mels, self.patch_frames, self.patch_hop = n_mels, patch_frames, patch_hop
@@ -330,10 +342,11 @@ class AEGAN(TrainedDetector):
         self.gp_weight, self.n_critic = gradient_penalty, n_critic
         self.score = score
         self.lof_neighbors, self.knn_neighbors = lof_neighbors, knn_neighbors
+        self.maps = maps
         super().__init__(training)
         self.network = nn.ModuleDict(
             {
-                "generator": Generator(n_mels, patch_frames, nz, ndf, ngf),
+                "generator": Generator(n_mels, patch_frames, nz, ndf, ngf, encoder_first_norm),
                 "discriminator": Discriminator(n_mels, patch_frames, ndf),
             }
         )
@@ -499,45 +512,70 @@ class AEGAN(TrainedDetector):
     # ------------------------------------------------------------------------- scoring
 
     @torch.no_grad()
-    def _analyse(self, x: Tensor) -> dict[str, Tensor]:
-        """Per-patch generator errors [B, P] (keys ``x-L1`` ... ``z-cos``), clip embeddings
-        ``embedding`` [B, C] and the error map ``map`` [B, n_mels, frames]."""
+    def _analyse(self, x: Tensor, names: Sequence[str], with_map: bool) -> dict[str, Tensor]:
+        """What the scores ``names`` need, over every window of each clip (every ``patch_hop``
+        frames): per-patch generator errors [B, P] (keys ``x-L1`` ... ``z-cos``) for ``G-``
+        scores, clip embeddings ``embedding`` [B, C] (mean of f over the windows) for ``D-``
+        scores, and the error map ``map`` [B, n_mels, frames] when ``with_map``.
+
+        Only the passes these need run (phase ``features``): the critic for ``D-`` scores; the
+        generator, G(x) = decoder(E(x)), for ``G-`` scores or the map, E(x) taken from it; one
+        more encoder pass, E(G(x)), for ``G-z`` scores. Windows are gathered per chunk of
+        ``PATCH_CHUNK`` from a view of the spectrogram, never all at once.
+        """
         self.network.eval()
         spec = self._spectrogram(x)  # [B, H, T]
         batch, height, frames = spec.shape
-        offsets = self._offsets(frames)
-        patches = self._cut(spec, offsets).reshape(-1, 1, height, self.patch_frames)  # [B*P,..]
+        offsets = self._offsets(frames)  # [P]
+        count = len(offsets)
+        spaces = {name.split("-")[1] for name in names if name.startswith("G-")}
+        embed = any(name.startswith("D-") for name in names)
+        reconstruct = bool(spaces) or with_map
+        windows = spec.unfold(2, self.patch_frames, 1)  # [B, H, T - W + 1, W], a view
+        columns = torch.arange(self.patch_frames, device=spec.device)
+        summed = torch.zeros_like(spec) if with_map else None
         parts: dict[str, list[Tensor]] = {}
-        for chunk in patches.split(PATCH_CHUNK):
-            recon = self.generator(chunk)
-            latent, latent_recon = self.generator.encode(chunk), self.generator.encode(recon)
-            _, feature = self.discriminator(chunk)
-            values = {"error": (recon - chunk).square()[:, 0], "feature": feature}  # [p, H, W]
-            for distance in ("L1", "L2", "cos"):
-                values[f"x-{distance}"] = patch_distance(recon, chunk, distance)
-                values[f"z-{distance}"] = patch_distance(latent_recon, latent, distance)
+        for flat in torch.arange(batch * count, device=spec.device).split(PATCH_CHUNK):
+            clip, start = flat // count, offsets[flat % count]  # [n], [n]
+            chunk = windows[clip, :, start][:, None]  # [n, 1, H, W]
+            values: dict[str, Tensor] = {}
+            with phase("features"):
+                if embed:
+                    values["feature"] = self.discriminator(chunk)[1]  # [n, C]
+                if reconstruct:
+                    latent = self.generator.encoder(chunk)  # [n, nz, 1, 1]
+                    recon = self.generator.decoder(latent)  # [n, 1, H, W]
+                if "z" in spaces:
+                    latent_recon = self.generator.encoder(recon)
+            for distance in ("L1", "L2", "cos") if spaces else ():
+                if "x" in spaces:
+                    values[f"x-{distance}"] = patch_distance(recon, chunk, distance)
+                if "z" in spaces:
+                    values[f"z-{distance}"] = patch_distance(latent_recon, latent, distance)
+            if summed is not None:  # each window's squared error added at its columns
+                index = (start[:, None] + columns)[:, None, :]  # [n, 1, W]
+                rows = torch.arange(height, device=spec.device)[None, :, None]  # [1, H, 1]
+                error = (recon - chunk).square()[:, 0]  # [n, H, W]
+                summed.index_put_((clip[:, None, None], rows, index), error, accumulate=True)
             for key, value in values.items():
                 parts.setdefault(key, []).append(value)
-        count = len(offsets)
         out = {k: torch.cat(v).reshape(batch, count, *v[0].shape[1:]) for k, v in parts.items()}
-        error = out.pop("error")  # [B, P, H, W]
-        index = offsets[:, None] + torch.arange(self.patch_frames, device=spec.device)  # [P, W]
-        index = index.reshape(1, 1, -1).expand(batch, height, -1)  # [B, H, P * W]
-        summed = torch.zeros_like(spec).scatter_add_(
-            2, index, error.permute(0, 2, 1, 3).reshape(batch, height, -1)
-        )
-        cover = torch.zeros(frames, device=spec.device).scatter_add_(
-            0, index[0, 0], torch.ones(index.shape[2], device=spec.device)
-        )
-        out["map"] = summed / cover  # [B, H, T]
-        out["embedding"] = out.pop("feature").mean(1)  # [B, C]
+        if "feature" in out:
+            out["embedding"] = out.pop("feature").mean(1)  # [B, C]
+        if summed is not None:
+            cover = torch.zeros(frames, device=spec.device)
+            cover.index_put_(((offsets[:, None] + columns).flatten(),), torch.ones(()), True)
+            out["map"] = summed / cover  # [B, H, T]
         return out
 
     @torch.no_grad()
     def _embeddings(self, data: Dataset) -> Tensor:
         """Clip embeddings [N, C] (CPU float32) of a dataset."""
         loader = DataLoader(data, batch_size=ANALYSIS_CLIPS, generator=private_generator())
-        rows = [self._analyse(clips)["embedding"].cpu() for clips, _, _ in loader]
+        rows = [
+            self._analyse(clips, DISCRIMINATOR_SCORES, with_map=False)["embedding"].cpu()
+            for clips, _, _ in loader
+        ]
         return torch.cat(rows).float()
 
     def _fit_neighbours(self) -> None:
@@ -559,6 +597,7 @@ class AEGAN(TrainedDetector):
                 contamination=1e-6,
             ).fit(bank)
 
+    @timed("search")
     def _embedding_score(self, embedding: Tensor, method: str) -> Tensor:
         if self.train_embeddings is None:
             raise RuntimeError("aegan: predict called before fit (no training embeddings)")
@@ -581,19 +620,18 @@ class AEGAN(TrainedDetector):
     @torch.no_grad()
     def score_variants(self, x: Tensor) -> dict[str, Tensor]:
         """Every scoring variant of ``SCORE_NAMES`` for a batch: name -> [B] (for comparisons)."""
-        analysis = self._analyse(x)
+        analysis = self._analyse(x, SCORE_NAMES, with_map=False)
         return {name: self._score_from(analysis, name) for name in SCORE_NAMES}
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Scores:
         """Scores of clips x [B, C, n_mels, frames]: image = the ``score`` variant [B];
-        pixel = the squared-error map [B, n_mels, frames]."""
+        pixel = the squared-error map [B, n_mels, frames] (None when ``maps`` is False)."""
         self._spectrogram(x)  # shape errors first: they say what to set
         self.check_fitted()
-        analysis = self._analyse(x)
-        return Scores(
-            image=self._score_from(analysis, self.score), pixel=analysis["map"].float().cpu()
-        )
+        analysis = self._analyse(x, [self.score], with_map=self.maps)
+        pixel = analysis["map"].float().cpu() if self.maps else None
+        return Scores(image=self._score_from(analysis, self.score), pixel=pixel)
 
     # ------------------------------------------------------------------------- state
 

@@ -162,6 +162,41 @@ class ReconstructionDetector(TrainedDetector):
             image = top_fraction_mean(maps, 0.01)
         return Scores(image=image.cpu(), pixel=maps.cpu())
 
+    def export_module(self) -> nn.Module:
+        """The network and the map and score of ``predict`` (``ReconstructionScorer``)."""
+        self.check_fitted()
+        self.network.eval()
+        return ReconstructionScorer(
+            self.network, self.anomaly_map, self.image_score, self.smoothing_sigma
+        ).eval()
+
+
+class ReconstructionScorer(nn.Module):
+    """``ReconstructionDetector.predict`` as one module: images [B, 3, H, W] -> (image scores
+    [B], smoothed maps [B, H, W])."""
+
+    def __init__(
+        self, network: nn.Module, anomaly_map: str, image_score: str, smoothing_sigma: float
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.anomaly_map, self.image_score = anomaly_map, image_score
+        self.smoothing_sigma = smoothing_sigma
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        recon = self.network(x)
+        if self.anomaly_map == "l1":
+            maps = (recon - x).abs().mean(dim=1)  # [B, H, W]
+        else:
+            maps = ssim_distance_map(recon, x)
+        maps = gaussian_smooth(maps, self.smoothing_sigma)
+        flat = maps.flatten(1)  # [B, H*W]
+        if self.image_score == "mean":
+            return flat.mean(dim=1), maps
+        # top_fraction_mean's k, as a constant of the traced graph (the export's image size)
+        k = max(1, int(round(0.01 * int(flat.shape[1]))))
+        return flat.topk(k, dim=1).values.mean(dim=1), maps
+
 
 @register_detector("conv_ae")
 class ConvAE(ReconstructionDetector):

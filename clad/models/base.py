@@ -14,12 +14,12 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
 
 from clad.errors import TrainingError
 from clad.models.components.backbone import FeatureExtractor
 from clad.models.components.precision import Precision, Scalers, autocast
 from clad.profiling import timed
+from clad.progress import progress
 from clad.records import Scores, dataset_length
 
 Regularizer = Callable[[Tensor], Tensor]
@@ -232,6 +232,14 @@ class Detector(ABC):
     @abstractmethod
     def cost_bytes(self) -> dict[str, int]:
         """Bytes by ``COST_KINDS``: each byte of the detector counted once."""
+
+    def export_module(self) -> nn.Module | None:
+        """A self-contained ``nn.Module`` mapping images [B, C, H, W] in [0, 1] to
+        ``(image scores [B], maps [B, H, W])`` as ``predict`` computes them (float32), for
+        TorchScript or ONNX export (``python main.py export``); None, the default, where the
+        scoring is not one network's forward pass (a memory-bank search, routing over
+        per-task parts, several models)."""
+        return None
 
     def check_fitted(self) -> None:
         """Fail, naming the detector, when ``predict`` is called before anything was learnt."""
@@ -515,13 +523,22 @@ class TrainedDetector(Detector):
     def train_epochs(self, train: Dataset, val: Dataset | None, epochs: int) -> None:
         """The shared loop for ``epochs`` epochs: a fresh optimizer and scheduler, early
         stopping on ``val``, the best validation state restored. Detectors that train in
-        phases (AST: teacher, then student) call it once per phase."""
+        phases (AST: teacher, then student) call it once per phase.
+
+        Each epoch appends one record to ``history``: ``epoch`` (from 0 in each call),
+        ``train_<term>`` (each term's mean over the epoch's images), ``lr`` (the first
+        parameter group's, during the epoch) and ``val_loss`` (with ``val``); a call's last
+        record also holds ``stopped_early`` (patience ended it before ``epochs``) and, with
+        ``val``, ``best_epoch`` (the epoch whose weights are kept)."""
         self.network.to(self.device)
         optimizer = self.make_optimizer()
         scheduler = self.make_scheduler(optimizer)
         best_loss, best_state, stale = math.inf, None, 0
-        bar = tqdm(range(epochs), desc=f"fit {self.name}", leave=False)
+        best_epoch: int | None = None
+        first = len(self.history)
+        bar = progress(range(epochs), desc=f"fit {self.name}")
         for epoch in bar:
+            lr = learning_rate(optimizer)
             self.network.train()
             sums: dict[str, float] = {}
             seen: dict[str, int] = {}  # images behind each logged term
@@ -535,18 +552,24 @@ class TrainedDetector(Detector):
             if scheduler is not None:
                 scheduler.step()
             record = {"epoch": epoch, **{f"train_{k}": v / seen[k] for k, v in sums.items()}}
+            if lr is not None:
+                record["lr"] = lr
             if val is not None and dataset_length(val) > 0:
                 val_loss = self.mean_loss(val)
                 record["val_loss"] = val_loss
                 if val_loss < best_loss:
-                    best_loss, stale = val_loss, 0
+                    best_loss, stale, best_epoch = val_loss, 0, epoch
                     best_state = copy.deepcopy(self.network.state_dict())
                 else:
                     stale += 1
             self.history.append(record)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "epoch"})
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "epoch"})
             if self.patience > 0 and stale >= self.patience:
                 break
+        if len(self.history) > first:  # how this call ended, on its last epoch's record
+            self.history[-1]["stopped_early"] = len(self.history) - first < epochs
+            if best_epoch is not None:
+                self.history[-1]["best_epoch"] = best_epoch
         if best_state is not None:
             self.network.load_state_dict(best_state)
         self.network.eval()
@@ -575,6 +598,14 @@ class TrainedDetector(Detector):
             )
         self.history = list(state["history"])
         self.network.to(self.device)
+
+
+def learning_rate(optimizer: Any) -> float | None:
+    """The learning rate of ``optimizer``'s first parameter group (of the first optimizer when
+    ``make_optimizer`` returned several), None when it has none."""
+    first = optimizer[0] if isinstance(optimizer, (tuple, list)) and optimizer else optimizer
+    groups = getattr(first, "param_groups", None)
+    return float(groups[0]["lr"]) if groups else None
 
 
 def _total(terms: Tensor | Mapping[str, Tensor]) -> Tensor:

@@ -54,7 +54,7 @@ What differs from the paper and its official code (github.com/vijaylee/Continual
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
@@ -200,7 +200,11 @@ class Dne(MemoryBankDetector):
         return memory["mean"].float(), precision.float()
 
     def score(
-        self, embedding: Tensor, prepared: tuple[Tensor, Tensor], size: Sequence[int]
+        self,
+        embedding: Tensor,
+        prepared: tuple[Tensor, Tensor],
+        size: Sequence[int],
+        key: Hashable | None = None,
     ) -> tuple[Scores, Tensor]:
         mean, precision = prepared
         delta = embedding - mean  # [B, D]

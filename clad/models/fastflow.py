@@ -178,3 +178,33 @@ class FastFlow(TrainedDetector):
             )  # [B, H, W]
         fused = torch.stack(maps).mean(dim=0)  # [B, H, W]
         return Scores(image=fused.flatten(1).amax(dim=1).cpu(), pixel=fused.cpu())
+
+    def export_module(self) -> nn.Module:
+        """The extractor, the flows and the fused map of ``predict`` (``FastFlowScorer``)."""
+        self.check_fitted()
+        self.network.eval()
+        return FastFlowScorer(self.network, self.anomaly_map).eval()
+
+
+class FastFlowScorer(nn.Module):
+    """``FastFlow.predict`` as one module: images [B, 3, H, W] -> (image scores [B], fused maps
+    [B, H, W]); the extractor's features computed afresh (no feature cache)."""
+
+    def __init__(self, network: FastFlowNetwork, anomaly_map: str) -> None:
+        super().__init__()
+        self.network = network
+        self.anomaly_map = anomaly_map
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        zs, _ = self.network(x)
+        maps = []
+        for z in zs:
+            nll = position_nll(z)  # [B, h, w]
+            value = nll if self.anomaly_map == "nll" else -torch.exp(-nll)
+            maps.append(
+                F.interpolate(
+                    value[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False
+                )[:, 0]
+            )  # [B, H, W]
+        fused = torch.stack(maps).mean(dim=0)  # [B, H, W]
+        return fused.flatten(1).amax(dim=1), fused

@@ -15,13 +15,20 @@ memories computes the features of a test batch once and scores them against each
 ``score`` also returns a routing distance per image (how far the image is from that memory:
 mean nearest-neighbour distance or mean Mahalanobis distance over patches), used to route test
 images to the closest of several per-task memories.
+
+``score`` takes the test batch's ``key`` (``batch_key``: a digest of the input images, None
+where there is none): a detector may keep per-batch results under it across evaluations, as
+long as its scores stay exactly those of a fresh computation (PatchCore's nearest bank rows,
+``IncrementalSearch``: after a ``cl`` merge only the new rows are searched). The protocol
+scores every test set after every task, so the same batches come back against a memory that
+changed by a selection of its rows.
 """
 
 from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -36,7 +43,7 @@ from clad.models.base import (
     resolve_device,
     tensor_bytes,
 )
-from clad.models.components.backbone import FeatureExtractor
+from clad.models.components.backbone import FeatureExtractor, batch_digest
 from clad.records import Scores, dataset_length
 
 Memory = dict[str, Tensor]
@@ -99,11 +106,13 @@ class MemoryBankDetector(Detector):
         """The search structure ``score`` needs for ``memory`` (index, inverse covariances)."""
 
     @abstractmethod
-    def score(self, embedding: Tensor, prepared: Any, size: Sequence[int]) -> tuple[Scores, Tensor]:
+    def score(
+        self, embedding: Tensor, prepared: Any, size: Sequence[int], key: Hashable | None = None
+    ) -> tuple[Scores, Tensor]:
         """Scores of ``embedding`` [B, C, h, w] against a prepared memory (what this detector's
         ``prepare`` returns), with maps at ``size`` (H, W) (None for a detector without maps:
         DNE), and the routing distance [B] (lower = the memory explains the image better).
-        Tensors stay on the device."""
+        ``key``: the batch's ``batch_key`` (module docstring). Tensors stay on the device."""
 
     @abstractmethod
     def merge_memories(self, memories: Sequence[Memory], budget: int | None) -> Memory:
@@ -152,9 +161,17 @@ class MemoryBankDetector(Detector):
 
     def predict(self, x: Tensor) -> Scores:
         self.check_fitted()
+        key = self.batch_key(x)
         with torch.no_grad():
-            scores, _ = self.score(self.embed(x.to(self.device)), self._prepared, x.shape[-2:])
+            embedding = self.embed(x.to(self.device))
+            scores, _ = self.score(embedding, self._prepared, x.shape[-2:], key)
         return on_cpu(scores)
+
+    @staticmethod
+    def batch_key(x: Tensor) -> Hashable | None:
+        """The key of a test batch (``score``): the exact digest of a CPU batch's bytes
+        (``batch_digest``, shared with the feature cache), None for a batch on another device."""
+        return batch_digest(x) if x.device.type == "cpu" else None
 
     def memory_bytes(self) -> int:
         return 0 if self.memory is None else tensor_bytes(self.memory)

@@ -17,7 +17,7 @@ the map's maximum. The routing distance of an image is its mean patch Mahalanobi
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -166,7 +166,7 @@ class Padim(MemoryBankDetector):
         }
 
     def score(
-        self, embedding: Tensor, prepared: tuple, size: Sequence[int]
+        self, embedding: Tensor, prepared: tuple, size: Sequence[int], key: Hashable | None = None
     ) -> tuple[Scores, Tensor]:
         mean, precision, grid = prepared
         b, d, h, w = embedding.shape

@@ -26,12 +26,24 @@ included),
 
 (``num_neighbors = 1``: s = s*). The routing distance of an image is the mean of its patch
 scores.
+
+Search across evaluations (``incremental_search``, on by default): the protocol scores every
+test set after every task, against a bank that ``cl`` changed by keeping some of its rows and
+adding the new task's. The detector keeps, per test batch (the digest of its images,
+``MemoryBankDetector.batch_key``) and bank lineage, each patch's few nearest rows and the radius
+within which that list is complete (``clad.models.components.knn.IncrementalSearch``); against
+the next bank only the new rows are searched, and only the patches whose listed rows were all
+dropped are searched again against the whole bank. The nearest rows are the same as a search of
+the whole bank's (distances to float rounding, exact ties aside), so are the scores. The cache
+lives in the detector (``search_cache``), is kept in memory only (not in the state dict) and
+holds about 52 bytes per test patch (``capacity_mb`` of ``IncrementalSearch`` bounds it);
+``incremental_search: false`` searches the whole bank every time.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import torch
@@ -54,7 +66,7 @@ from clad.models.components.coreset import (
     greedy_coreset,
     random_projection,
 )
-from clad.models.components.knn import KnnBackend, KnnIndex
+from clad.models.components.knn import IncrementalSearch, KnnBackend, KnnIndex
 from clad.models.components.ssim import gaussian_smooth
 from clad.models.memory_bank import Memory, MemoryBankDetector
 from clad.records import Scores
@@ -95,6 +107,8 @@ class PatchCore(MemoryBankDetector):
             input (scaled with the input side; see the module docstring); 0 disables it.
         knn_backend: ``"auto"`` (faiss if installed), ``"faiss"`` or ``"torch"``.
         coreset_method: ``"auto"`` (dense on CUDA, pruned on CPU), ``"dense"``, ``"pruned"``.
+        incremental_search: keep each test batch's nearest rows across banks and search only
+            what changed (module docstring); False searches the whole bank every time.
         training: feature-extraction batches, device and loader workers (``Training``).
     """
 
@@ -110,6 +124,7 @@ class PatchCore(MemoryBankDetector):
         smoothing_sigma: NonNegativeFloat = 4.0,
         knn_backend: KnnBackend = "auto",
         coreset_method: CoresetMethod = "auto",
+        incremental_search: bool = True,
         training: Training | None = None,
     ) -> None:
         super().__init__(training)
@@ -122,6 +137,7 @@ class PatchCore(MemoryBankDetector):
         self.smoothing_sigma = smoothing_sigma
         self.knn_backend = knn_backend
         self.coreset_method = coreset_method
+        self.search_cache = IncrementalSearch() if incremental_search else None
 
     @classmethod
     def check_arguments(cls, arguments: Mapping[str, Any], input_size: tuple[int, int]) -> None:
@@ -180,13 +196,21 @@ class PatchCore(MemoryBankDetector):
         return self.smoothing_sigma * height / SIGMA_REFERENCE_SIDE
 
     def score(
-        self, embedding: Tensor, prepared: KnnIndex, size: Sequence[int]
+        self,
+        embedding: Tensor,
+        prepared: KnnIndex,
+        size: Sequence[int],
+        key: Hashable | None = None,
     ) -> tuple[Scores, Tensor]:
         b, c, h, w = embedding.shape
         queries = embedding.permute(0, 2, 3, 1).reshape(-1, c)  # [B*h*w, C]
-        distances, indices = prepared.search(queries, 1)
-        patch = distances[:, 0].view(b, h * w)  # [B, h*w]
-        nearest = indices[:, 0].view(b, h * w)  # [B, h*w]
+        if key is not None and self.search_cache is not None:
+            distance, index = self.search_cache.nearest(prepared, queries, key)  # [B*h*w]
+        else:
+            distances, indices = prepared.search(queries, 1)
+            distance, index = distances[:, 0], indices[:, 0]
+        patch = distance.view(b, h * w)  # [B, h*w]
+        nearest = index.view(b, h * w)  # [B, h*w]
         top = patch.argmax(1)  # [B]: m_test
         rows = torch.arange(b, device=patch.device)
         best = patch[rows, top]  # [B]: s*

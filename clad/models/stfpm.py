@@ -170,3 +170,29 @@ class STFPM(TrainedDetector):
         stacked = torch.cat(maps, dim=1)  # [B, L, H, W]
         fused = stacked.prod(dim=1) if self.map_fusion == "product" else stacked.sum(dim=1)
         return Scores(image=fused.flatten(1).amax(dim=1).cpu(), pixel=fused.cpu())
+
+    def export_module(self) -> nn.Module:
+        """Teacher, student and the fused map of ``predict`` (``STFPMScorer``), float32."""
+        self.check_fitted()
+        self.network.eval()
+        return STFPMScorer(self.network, self.map_fusion).eval()
+
+
+class STFPMScorer(nn.Module):
+    """``STFPM.predict`` as one module: images [B, 3, H, W] -> (image scores [B], fused maps
+    [B, H, W]); the teacher's features computed afresh (no feature cache)."""
+
+    def __init__(self, network: StudentTeacher, map_fusion: str) -> None:
+        super().__init__()
+        self.network = network
+        self.map_fusion = map_fusion
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        teacher, student = self.network(x)
+        maps = [
+            F.interpolate(d[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+            for d in layer_distances(teacher, student)
+        ]  # each [B, 1, H, W]
+        stacked = torch.cat(maps, dim=1)  # [B, L, H, W]
+        fused = stacked.prod(dim=1) if self.map_fusion == "product" else stacked.sum(dim=1)
+        return fused.flatten(1).amax(dim=1), fused

@@ -45,7 +45,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from clad.perf import config_check, gpu_check, parity, race, scaling, stream, train
+from clad.perf import config_check, gpu_check, parity, protocol, race, scaling, stream, train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     race_cmd.add_argument("--cache-dir", default=str(race.ROOT / "benchmarks_out" / "cache"))
     parity.add_parser(commands)
     stream.add_parser(commands)
+    protocol.add_parser(commands)
     gpu_check.add_parser(commands)
     config_check.add_parser(commands)
     scaling_cmd = commands.add_parser("cl-scaling", help="PatchCore under cl over many tasks")
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         parity.parity(args)
     elif args.command == "stream":
         stream.profile(args)
+    elif args.command == "protocol":
+        protocol.protocol(args)
     elif args.command == "gpu-check":
         gpu_check.gpu_check(args)
     elif args.command == "config-check":

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from clad import profiling
-from clad.config import load_config
+from clad.config import RunConfig, load_config
 from clad.runner import Run
 
 DETECTOR_PHASES = ("learn", "predict", "features", "coreset", "gaussians", "epochs", "search")
@@ -39,10 +39,23 @@ ORDER = ("data", "setup", *DETECTOR_PHASES, "metrics", "files", "checkpoints", "
 
 def profile(args: argparse.Namespace) -> dict:
     config = load_config(args.parameters_path, args.set)
-    output = args.output or tempfile.mkdtemp(prefix="clad-stream-")
+    result = profile_run(config, args.seed, args.output)
+    result.update({"config": str(args.parameters_path), "overrides": list(args.set)})
+    print(table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def profile_run(config: RunConfig, seed: int, output: str | None = None) -> dict:
+    """Run ``config`` with ``seed`` as ``main.py`` does (into ``output``, a temporary folder
+    when None) with the phases on; the profile: ``rows`` (phase, own seconds, share, count),
+    ``wall_seconds``, ``learning_seconds``, ``evaluation_seconds`` and the harness shares."""
+    output = output or tempfile.mkdtemp(prefix="clad-stream-")
     began = time.perf_counter()
     with profiling.profiled() as totals:
-        Run(config, args.seed, output, overwrite=True).execute()
+        Run(config, seed, output, overwrite=True).execute()
         wall = time.perf_counter() - began
         counts = profiling.counts()
         inclusive = profiling.inclusive()
@@ -62,9 +75,8 @@ def profile(args: argparse.Namespace) -> dict:
     )
     detector = sum(totals.get(name, 0.0) for name in DETECTOR_PHASES)
     harness = wall - detector
-    result = {
-        "config": str(args.parameters_path),
-        "overrides": list(args.set),
+    return {
+        "config": config.run_name,
         "wall_seconds": wall,
         "rows": rows,
         "harness_share": harness / wall,
@@ -74,11 +86,6 @@ def profile(args: argparse.Namespace) -> dict:
         # the strategies' learn calls (training feature passes, coresets, epochs included)
         "learning_seconds": inclusive.get("learn", 0.0),
     }
-    print(table(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return result
 
 
 def table(result: dict) -> str:

@@ -99,6 +99,14 @@ class Strategy(ABC):
         """Every detector this strategy keeps (for size accounting)."""
         return [] if self.detector is None else [self.detector]
 
+    def training_history(self) -> list[list[dict[str, Any]]]:
+        """Per-epoch training records of everything this strategy trains, one list per trained
+        part, in a stable order: a part's list only grows, and a new part is added at the end
+        (the runner takes each task's new records as what grew while it learnt). By default
+        the ``history`` of each of ``detectors()`` (a trained detector's; an empty list for a
+        detector that trains no epochs)."""
+        return [list(getattr(detector, "history", [])) for detector in self.detectors()]
+
     def memory_bytes(self) -> int:
         """Bytes of what the strategy itself stores beside its detectors (replay images,
         per-task banks); 0 for strategies that keep nothing. A detector's own memory (a

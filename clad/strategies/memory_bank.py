@@ -161,11 +161,16 @@ class ContinualMemoryBank(Strategy):
             return
         self.task_memories.append(memory)
         share = max(1, self.mem_size_cl // len(self.task_memories))
+        kept = self.task_memories
         self.task_memories = [
             m if detector.memory_items(m) <= share else detector.shrink_memory(m, share)
-            for m in self.task_memories
+            for m in kept
         ]
-        self._prepared = [detector.prepare(m) for m in self.task_memories]
+        # a memory left as it was keeps its prepared index (and the results kept for it)
+        self._prepared = [
+            self._prepared[i] if new is old and i < len(self._prepared) else detector.prepare(new)
+            for i, (new, old) in enumerate(zip(self.task_memories, kept))
+        ]
 
     def predict(self, x: Tensor, task_id: int | None) -> Scores:
         if self.detector is None or (self.variant == "per_task" and not self._prepared):
@@ -189,18 +194,20 @@ class ContinualMemoryBank(Strategy):
         if self.variant != "per_task":
             return None
         detector = self._current()
+        key = detector.batch_key(x)
         with torch.no_grad():
             embedding = detector.embed(x.to(detector.device))
-            scores, _ = detector.score(embedding, self._prepared[task_id], x.shape[-2:])
+            scores, _ = detector.score(embedding, self._prepared[task_id], x.shape[-2:], key)
         return on_cpu(scores)
 
     def route(self, x: Tensor) -> tuple[Scores, Tensor]:
         """Per-task variant: scores of the memory with the lowest routing distance per image,
         and the chosen task numbers [B] (positions in the order tasks were learnt)."""
         detector = self._current()
+        key = detector.batch_key(x)
         with torch.no_grad():
             embedding = detector.embed(x.to(detector.device))
-            results = [detector.score(embedding, p, x.shape[-2:]) for p in self._prepared]
+            results = [detector.score(embedding, p, x.shape[-2:], key) for p in self._prepared]
         distances = torch.stack([route for _, route in results])  # [T, B]
         chosen = distances.argmin(0)  # [B]
         rows = torch.arange(x.shape[0], device=chosen.device)

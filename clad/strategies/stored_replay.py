@@ -1,6 +1,6 @@
 """Replay of something other than raw images: compressed images, latent codes, generated images.
 
-``compressed_replay`` and ``latent_replay`` choose which past images to keep exactly as
+``downscaled_replay`` and ``latent_replay`` choose which past images to keep exactly as
 ``replay`` does (Avalanche's ``ExperienceBalancedBuffer``, ``mem_size // (t + 1)`` per task) and
 store each chosen image in another form; ``generative_replay`` stores no image at all.
 """
@@ -99,9 +99,11 @@ class StoredReplay(Replay):
         self.stored = {tuple(k): v for k, v in state["stored"]}
 
 
-@register_strategy("compressed_replay")
+@register_strategy("downscaled_replay")
 class CompressedReplay(StoredReplay):
-    """Replay of past images stored compressed, so that more images fit the same bytes.
+    """Replay of past images stored downscaled (and optionally as JPEGs), so that more images fit
+    the same bytes. This is clad's own method: CLAD's ``compressed_replay`` (a 32 x 32 memory
+    restored by a pix2pix super-resolution model) is ``compressed_replay_sr``.
 
     Each image chosen for the memory (as ``replay`` chooses them) is stored as uint8 at
     ``scale`` times its side (bilinear with antialiasing; ``scale = 1`` keeps it), then, when
@@ -111,7 +113,7 @@ class CompressedReplay(StoredReplay):
 
     Memory: the stored bytes exactly (JPEG: the files' lengths; otherwise
     ``C * round(scale * H) * round(scale * W)`` per image). ``replay`` of the same ``mem_size``
-    stores ``C * H * W`` bytes per image: at ``scale = 0.5`` and no JPEG, ``compressed_replay``
+    stores ``C * H * W`` bytes per image: at ``scale = 0.5`` and no JPEG, ``downscaled_replay``
     with ``4 * mem_size`` images holds the same bytes as ``replay`` with ``mem_size``.
     """
 

@@ -50,6 +50,7 @@ class Sweep:
     source: str
     cells: list[Cell]
     sweep_dir: Path
+    overrides: tuple[str, ...] = ()  # the --set items applied to every cell
 
     @property
     def output_root(self) -> Path:
@@ -194,7 +195,7 @@ def expand(
         cells.append(Cell(run_name, seed, axis_values, detector, strategy, config, error))
     if not cells:
         raise ConfigError(f"{sweep_path}: every cell is excluded; nothing to run")
-    return Sweep(spec, str(sweep_path), cells, sweep_dir)
+    return Sweep(spec, str(sweep_path), cells, sweep_dir, tuple(overrides))
 
 
 def describe(axis_values: dict[str, Any]) -> str:

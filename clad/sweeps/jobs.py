@@ -34,16 +34,27 @@ class CellJob:
 
 
 @dataclass
+class FolderChanges:
+    """A cell folder's changes on a worker since they were last sent (``--copy-back``): the new
+    and changed files as an uncompressed tar, and every entry the folder holds now (relative
+    paths), so the driver can drop what the run removed."""
+
+    archive: bytes
+    entries: list[str]
+
+
+@dataclass
 class CellResult:
     """How a cell ended: ``ok``, a one-line ``message`` and the final summary when it finished;
-    ``elsewhere``: not run, because another process holds the cell (neither done nor failed)."""
+    ``elsewhere``: not run, because another process holds the cell (neither done nor failed);
+    ``files``: the folder's last changes, when it ran on a worker without shared storage."""
 
     label: str
     ok: bool
     message: str
     seconds: float
     summary: dict[str, float] = field(default_factory=dict)
-    archive: bytes | None = None
+    files: FolderChanges | None = None
     elsewhere: bool = False
 
 

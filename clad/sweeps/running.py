@@ -116,14 +116,15 @@ def jobs_for(sweep: Sweep, overwrite: bool = False) -> list[CellJob]:
 
 
 def write_manifest(sweep: Sweep) -> None:
-    """``<sweep>/sweep.json``: the sweep file and every expected cell, so the report can show
-    cells that never started."""
+    """``<sweep>/sweep.json``: the sweep file, the ``--set`` overrides applied to every cell
+    and every expected cell, so the report can show what ran and cells that never started."""
     write_json(
         sweep.sweep_dir / MANIFEST,
         {
             "name": sweep.spec.name,
             "source": sweep.source,
             "spec": sweep.spec.model_dump(),
+            "overrides": list(sweep.overrides),
             "cells": [
                 {
                     "run_name": c.run_name,

@@ -11,7 +11,18 @@ import numpy as np
 
 from clad.metrics.audio import AUDIO_TASK_METRICS
 from clad.records import ScoredSet, Task
-from clad.tracking.plots import matrix_heatmap, plt, roc_curves, save, score_histograms, task_curves
+from clad.tracking.plots import (
+    cost_bars,
+    has_history,
+    history_curves,
+    learned_steps,
+    matrix_heatmap,
+    plt,
+    roc_curves,
+    save,
+    score_histograms,
+    task_curves,
+)
 
 
 def section_bars(record: dict, path: Path) -> Path:
@@ -124,8 +135,14 @@ def write_audio_run_plots(
         matrix = np.array(record["matrices"][metric], dtype=float)
         if np.isnan(matrix).all():
             continue
-        written.append(matrix_heatmap(matrix, names, metric, plots / f"matrix_{metric}.png"))
-        written.append(task_curves(matrix, names, metric, plots / f"curves_{metric}.png"))
+        learned = learned_steps(record)
+        path = plots / f"matrix_{metric}.png"
+        written.append(matrix_heatmap(matrix, names, metric, path, learned=learned))
+        path = plots / f"curves_{metric}.png"
+        written.append(task_curves(matrix, names, metric, path, learned=learned))
+    if has_history(record.get("history")):
+        written.append(history_curves([record["history"]], plots / "history.png"))
+    written.append(cost_bars(record["costs"], names, plots / "costs.png"))
     written.append(section_bars(record, plots / "sections_final.png"))
     written.append(roc_curves(last_row, names, plots / "roc_final.png"))
     thresholds = record["thresholds"]["image"][-1]  # one per task

@@ -262,3 +262,171 @@ def test_clad_st_file_runs(tmp_path, synthetic_root):
     record = json.loads((out / "st_multi_task" / "seed_0" / "metrics.json").read_text())
     assert record["completed_tasks"] == 2 and record["detector"] == "st"
     assert "penalty is off" in result.stderr  # CLAD's tiny-imagenet-200/train is not here
+
+
+# CLAD's configurations/common_param.json, models/cae.json and cae/test_cae.json, key for key
+# (CLAD's loader merges common_param.json, models/<architecture>.json and the run file, in that
+# order: ``init_execute`` in src/utilities/utility_main.py).
+CLAD_COMMON = {
+    "num_tasks": 10,
+    "task_order": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    "latent_dim": 128,
+    "lr": 0.001,
+    "beta": 1,
+    "channels": 3,
+    "gray": False,
+    "img_size": 256,
+    "apply_rotation": False,
+    "criterion_type": "mse",
+    "activation": "ReLU",
+    "dropout1": True,
+    "dropout2": False,
+    "dataset_name": "mvtec",
+    "transformation": "None",
+    "show_plot": True,
+    "apply_som": False,
+    "apply_gng": False,
+    "normalize_img": True,
+    "only_normal": False,
+    "resize": 256,
+    "crp_size": 256,
+    "data_path": "data/mvtec",
+    "save_path": "mvtec_result",
+    "Rd": False,
+    "cnn": "wrn50_2",
+    "class_name": "all",
+    "device_id": 0,
+    "num_epochs": 50,
+    "batch_size": 32,
+    "anomaly_detection_task": False,
+    "anomaly_detection_task_with_metrics": True,
+    "produce_visual_debug": False,
+    "save_embedding": False,
+    "dataset_path_train": "",
+    "dataset_path_test": "",
+    "type_folder_train": "",
+    "type_folder_test": "",
+    "use_memory": False,
+    "memory_dataset_path_train": "",
+    "memory_dataset_path_test": "",
+    "type_memory_train": "",
+    "type_memory_test": "",
+    "use_memory_reconstruct": False,
+    "memory_reconstruct_dataset_path_train": "",
+    "memory_reconstruct_dataset_path_test": "",
+    "type_memory_reconstruct_train": "",
+    "type_memory_reconstruct_test": "",
+    "use_model": False,
+    "save_model": True,
+    "memory_model_path": "",
+    "new_memory": True,
+    "sample_strategy": "Naive",
+    "test_only_seen_tasks": False,
+    "use_train_as_test": False,
+    "test_all_dataset_together": False,
+    "type_test": "model",
+    "early_stopping": False,
+    "lr_scheduler": False,
+    "n_critic_eval": 1,
+    "patience": 5,
+    "st": False,
+    "output_dir": "output",
+    "anomaly_source_path": "",
+}
+CAE_MODEL = {
+    "channels": 3,
+    "gray": False,
+    "img_size": 256,
+    "apply_rotation": False,
+    "lr_scheduler": True,
+    "early_stopping": True,
+    "num_tasks": 10,
+    "scheduler": False,
+    "latent_dim": 512,
+    "num_epochs": 50,
+    "batch_size": 32,
+    "lr": 0.0001,
+    "b1": 0.5,
+    "b2": 0.999,
+    "criterion_type": "mse",
+    "activation": "ReLU",
+    "dropout1": True,
+    "dropout2": False,
+    "dataset_name": "mvtech",
+    "transformation": "None",
+    "task_order": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    "num_samples_memory": 10,
+    "sample_size_per_class": 1000,
+    "architecture": "cae",
+    "beta": 1,
+    "anomaly_task_id": False,
+    "show_plot": True,
+    "apply_som": False,
+    "apply_gng": False,
+    "normalize_img": True,
+    "only_normal": False,
+    "resize": 256,
+}
+CAE_TEST = {
+    "architecture": "cae",
+    "trainer": "cae",
+    "mem_size": 4800,
+    "tags": ["CAE"],
+    "anomaly_detection_task": True,
+    "anomaly_detection_task_with_metrics": False,
+    "produce_visual_debug": False,
+    "save_embedding": False,
+    "new_memory": True,
+    "sample_strategy": "replay",
+    "device_id": 0,
+    "test_only_seen_tasks": False,
+    "use_train_as_test": False,
+    "test_all_dataset_together": False,
+}
+
+
+def write_tree(top: Path, files: dict[str, dict]) -> Path:
+    """Write ``files`` (path under ``top`` -> JSON content) and return ``top``."""
+    for name, content in files.items():
+        path = top / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content))
+    return top
+
+
+def cae_tree(tmp_path: Path) -> Path:
+    """CLAD's layout for its CAE run: common_param.json and models/ above cae/test_cae.json."""
+    return write_tree(
+        tmp_path / "configurations",
+        {
+            "common_param.json": CLAD_COMMON,
+            "models/cae.json": CAE_MODEL,
+            "cae/test_cae.json": CAE_TEST,
+        },
+    )
+
+
+def test_clad_cae_file_translates(tmp_path, capsys):
+    config = load_config(cae_tree(tmp_path) / "cae" / "test_cae.json", check_machine=False)
+    assert config.detector == {"name": "conv_ae"}
+    assert config.strategy == {"name": "replay", "mem_size": 4800, "mixing": "batch"}
+    training = config.components.training
+    # models/cae.json wins over common_param.json; early stopping on: common_param's patience 5
+    assert (training.epochs, training.batch_size, training.lr, training.patience) == (
+        50,
+        32,
+        1e-4,
+        5,
+    )
+    assert config.dataset.image_size == 256 and config.dataset.crop_size is None
+    assert config.dataset.categories[0] == "hazelnut"  # CLAD's task order
+    ignored = capsys.readouterr().out
+    assert "latent_dim" in ignored and "lr_scheduler" in ignored
+
+
+def test_clad_cae_file_runs(tmp_path, synthetic_root):
+    out = tmp_path / "out"
+    run_main(cae_tree(tmp_path) / "cae" / "test_cae.json", synthetic_root, out)
+    record = json.loads((out / "conv_ae_replay" / "seed_0" / "metrics.json").read_text())
+    assert record["completed_tasks"] == 2 and record["detector"] == "conv_ae"
+    assert record["strategy"] == "replay"

@@ -17,7 +17,7 @@ REPLAY_FILES = sorted(
     path
     for protocol in PROTOCOLS
     for path in (CONFIGS / protocol).glob("*_replay.json")
-    if "compressed" not in path.name and "generative" not in path.name
+    if "downscaled" not in path.name and "generative" not in path.name
 )
 
 

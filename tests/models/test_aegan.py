@@ -13,7 +13,7 @@ from sklearn.metrics.pairwise import cosine_distances
 from torch.utils.data import TensorDataset
 
 from clad.errors import ConfigError
-from clad.models.aegan import AEGAN, SCORE_NAMES, stage_count
+from clad.models.aegan import AEGAN, SCORE_NAMES, patch_distance, pool, stage_count
 from clad.models.base import training_for
 from clad.registry import validate_params
 
@@ -98,9 +98,105 @@ def test_variants_are_what_they_say(twins, twin_scores):
     # the blob clip has the largest input-space error
     assert int(values["G-x-L2-max"].argmax()) == 0
     # D-KNN by hand: sum of the cosine distances to the 2 nearest training embeddings
-    embedding = detector._analyse(x)["embedding"].double().numpy()
+    embedding = detector._analyse(x, ["D-KNN"], with_map=False)["embedding"].double().numpy()
     distances = np.sort(cosine_distances(embedding, detector.train_embeddings.double().numpy()))
     np.testing.assert_allclose(values["D-KNN"].numpy(), distances[:, :2].sum(1), rtol=1e-5)
+
+
+@torch.no_grad()
+def reference_scores(detector: AEGAN, x: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """Every variant and the map as the first implementation computed them: all windows of the
+    batch cut at once, every network pass on every window, E(x) by its own encoder pass."""
+    detector.network.eval()
+    spec = x.float().mean(dim=1) * 2 - 1  # [B, H, T]
+    batch, height, frames = spec.shape
+    last = frames - detector.patch_frames
+    starts = list(range(0, last + 1, detector.patch_hop))
+    starts += [] if starts[-1] == last else [last]
+    patches = torch.stack([spec[:, :, s : s + detector.patch_frames] for s in starts], 1)
+    flat = patches.reshape(-1, 1, height, detector.patch_frames)  # [B * P, 1, H, W]
+    recon = detector.generator(flat)
+    latent, latent_recon = detector.generator.encode(flat), detector.generator.encode(recon)
+    feature = detector.discriminator(flat)[1].reshape(batch, len(starts), -1)
+    scores = {}
+    for name in SCORE_NAMES:
+        if name.startswith("D-"):
+            scores[name] = detector._embedding_score(feature.mean(1), name[2:])
+            continue
+        _, space, distance, pooling = name.split("-")
+        a, b = (recon, flat) if space == "x" else (latent_recon, latent)
+        scores[name] = pool(patch_distance(a, b, distance).reshape(batch, -1), pooling)
+    error = (recon - flat).square().reshape(batch, len(starts), height, -1)
+    summed, cover = torch.zeros_like(spec), torch.zeros(frames)
+    for k, s in enumerate(starts):
+        summed[:, :, s : s + detector.patch_frames] += error[:, k]
+        cover[s : s + detector.patch_frames] += 1
+    return scores, summed / cover
+
+
+@pytest.mark.parametrize("hop", [8, 5])
+def test_scoring_path_gives_the_reference_scores(twins, hop):
+    """The scoring path (only the passes a score needs, windows gathered per chunk, E(x) taken
+    from G's forward pass) gives every variant and the map as the plain implementation does,
+    with a hop that leaves an extra window ending at the last frame (5) and one that does not;
+    ``maps=False`` gives the same score and no map."""
+    detector, _, x = twins
+    detector.patch_hop = hop
+    try:
+        expected, expected_map = reference_scores(detector, x)
+        variants = detector.score_variants(x)
+        for name in SCORE_NAMES:
+            torch.testing.assert_close(variants[name], expected[name], rtol=1e-5, atol=1e-6)
+        for name in ("D-LOF", "G-z-L1-sum", "G-x-cos-max"):
+            detector.score = name
+            scores = detector.predict(x)
+            torch.testing.assert_close(scores.image, expected[name], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(scores.pixel, expected_map, rtol=1e-5, atol=1e-7)
+            detector.maps = False
+            lean = detector.predict(x)
+            detector.maps = True
+            assert lean.pixel is None
+            torch.testing.assert_close(lean.image, expected[name], rtol=1e-5, atol=1e-6)
+    finally:
+        detector.patch_hop, detector.score, detector.maps = TINY["patch_hop"], "D-LOF", True
+
+
+def test_a_discriminator_score_without_maps_runs_the_critic_only(twins):
+    """D-LOF with ``maps=False`` makes one critic pass per window and no generator pass."""
+    detector, _, x = twins
+    calls = {"generator": 0, "discriminator": 0}
+    hooks = [
+        getattr(detector, name).register_forward_hook(
+            lambda *_, name=name: calls.__setitem__(name, calls[name] + 1)
+        )
+        for name in ("discriminator",)
+    ] + [
+        detector.generator.encoder.register_forward_hook(
+            lambda *_: calls.__setitem__("generator", calls["generator"] + 1)
+        )
+    ]
+    detector.score, detector.maps = "D-LOF", False
+    try:
+        detector.predict(x)
+    finally:
+        detector.maps = True
+        for hook in hooks:
+            hook.remove()
+    assert calls["generator"] == 0 and calls["discriminator"] >= 1
+
+
+def test_encoder_first_norm_drops_the_first_layer_norm():
+    """The official DCASE 2022 generator for bearing, fan and ToyCar: no LayerNorm after the
+    encoder's first convolution; the critic keeps its own."""
+
+    def norms(module: torch.nn.Module) -> int:
+        return sum(isinstance(m, torch.nn.LayerNorm) for m in module.modules())
+
+    with_norm = AEGAN(**TINY, training=TINY_TRAINING)
+    without = AEGAN(**TINY, encoder_first_norm=False, training=TINY_TRAINING)
+    assert norms(without.generator.encoder) == norms(with_norm.generator.encoder) - 1
+    assert isinstance(without.generator.encoder.trunk.blocks[0][1], torch.nn.LeakyReLU)
+    assert norms(without.discriminator) == norms(with_norm.discriminator)
 
 
 def test_map_is_the_mean_squared_error_per_bin(twins):

@@ -107,3 +107,33 @@ def test_real_bottle_quality_with_lite0():
     x = test_set.images.float() / 255
     scores = torch.cat([detector.predict(x[i : i + 32]).image for i in range(0, len(x), 32)])
     assert roc_auc_score(np.array(test_set.labels), scores.numpy()) > 0.97
+
+
+def test_incremental_search_scores_as_a_search_of_the_whole_bank_over_several_merges():
+    """Banks that change as ``cl`` changes them (a coreset of the last bank and a new task's
+    rows, within a budget): the detector that keeps each test batch's nearest rows scores every
+    batch as the one that searches the whole bank, and searches only what changed."""
+    torch.manual_seed(0)
+    incremental = tiny(coreset_ratio=0.5)
+    torch.manual_seed(0)  # the same random backbone
+    brute = tiny(coreset_ratio=0.5, incremental_search=False)
+    tests = [images(3, 100 + k, level)[:][0] for k, level in enumerate((0.2, 0.5, 0.8, 0.4))]
+    for t, level in enumerate((0.2, 0.5, 0.8, 0.4)):
+        memory = incremental.build_memory(images(4, t, level))
+        parts = [memory] if incremental.memory is None else [incremental.memory, memory]
+        merged = incremental.merge_memories(parts, budget=40)
+        incremental.set_memory(merged)
+        brute.set_memory(merged)
+        for x in tests:
+            a, b = incremental.predict(x), brute.predict(x)
+            torch.testing.assert_close(a.image, b.image, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(a.pixel, b.pixel, rtol=1e-6, atol=1e-6)
+    stats = incremental.search_cache.stats
+    patches = len(tests) * 3 * (SIZE // 8) ** 2
+    assert stats["new_rows"] == 3 * patches  # after every merge but the first
+    assert stats["full"] == patches + stats["researched"] < 2 * patches
+
+
+def test_incremental_search_is_a_detector_setting():
+    assert tiny().search_cache is not None
+    assert tiny(incremental_search=False).search_cache is None

@@ -140,7 +140,7 @@ def test_training_reduces_the_losses():
     detector = RDNA(**TINY, training=replace(TINY_TRAINING, epochs=6, lr=1e-3, patience=0))
     detector.fit(images(12), images(4, seed=1))
     first, last = detector.history[0], detector.history[-1]
-    assert {f"train_{k}" for k in TERMS} | {"epoch", "val_loss"} == set(first)
+    assert {f"train_{k}" for k in TERMS} | {"epoch", "val_loss", "lr"} == set(first)
     assert last["train_rec"] < first["train_rec"]
     assert last["train_seg"] < first["train_seg"]
     assert last["val_loss"] < first["val_loss"]

@@ -56,7 +56,7 @@ def strategy(tasks, mem_size: int = 6, make=ImageRecorder, **changes) -> Compres
 
 def test_registered_under_its_own_name():
     assert strategy_table()["compressed_replay_sr"] is CompressedReplaySR
-    assert strategy_table()["compressed_replay"] is not CompressedReplaySR
+    assert strategy_table()["downscaled_replay"] is not CompressedReplaySR
 
 
 def test_the_detector_gets_the_task_plus_the_balanced_memory_restored():

@@ -14,7 +14,7 @@ from clad.testing import STRATEGY_CHECKS, ContractError, check_strategy, strateg
 
 SETTINGS = {  # small memories, so that the tiny tasks fill them
     "replay": {"mem_size": 4},
-    "compressed_replay": {"mem_size": 4},
+    "downscaled_replay": {"mem_size": 4},
     "latent_replay": {"mem_size": 4},
     "generative_replay": {"mem_size": 4},
     "cl": {"mem_size_cl": 200},

@@ -186,3 +186,53 @@ def test_per_task_banks_report_their_routing_and_score_each_part_alone():
     single.learn(stream[0])
     assert single.predict_routed(images, None)[1] is None  # one bank: nothing to route
     assert single.predict_part(images, 0) is None
+
+
+@pytest.mark.parametrize("variant", ["single_bank", "per_task"])
+def test_incremental_search_gives_the_matrices_of_a_full_search(variant, tiny_config, tmp_path):
+    """Through the runner on the tiny synthetic stream (three tasks, every test set after every
+    task): PatchCore under ``cl`` with and without ``incremental_search`` writes the same
+    matrices (routing included), to 1e-6."""
+    import json
+
+    import numpy as np
+
+    from clad.config import load_config
+    from clad.runner import Run
+
+    records = {}
+    for incremental in (True, False):
+        data = json.loads(tiny_config.read_text())
+        data["detector"] = {
+            "name": "patchcore",
+            "backbone": "resnet18",
+            "weights": "none",
+            "coreset_ratio": 0.5,
+            "incremental_search": incremental,
+        }
+        data["strategy"] = {"name": "cl", "mem_size_cl": 60, "variant": variant}
+        data["training"] = {"batch_size": 8, "device": "cpu"}
+        data["evaluation"] = {"overlays_per_task": 0, "batch_size": 4}
+        data["output"] = {"dir": str(tmp_path / f"out_{incremental}"), "plots": False}
+        path = tmp_path / f"config_{incremental}.json"
+        path.write_text(json.dumps(data))
+        config = load_config(path)
+        records[incremental] = Run(config, 0, loggers=[]).execute()
+    fast, full = records[True], records[False]
+    for kind in ("matrices", "category_matrices", "oracle_matrices"):
+        assert fast.get(kind, {}).keys() == full.get(kind, {}).keys()
+        for metric, values in fast.get(kind, {}).items():
+            np.testing.assert_allclose(
+                np.array(values, dtype=float),
+                np.array(full[kind][metric], dtype=float),
+                rtol=1e-6,
+                atol=1e-6,
+                equal_nan=True,
+                err_msg=f"{kind} {metric}",
+            )
+    for kind in ("image", "pixel"):
+        np.testing.assert_allclose(
+            fast["thresholds"][kind], full["thresholds"][kind], rtol=1e-6, equal_nan=True
+        )
+    if variant == "per_task":
+        np.testing.assert_array_equal(fast["routing"], full["routing"])

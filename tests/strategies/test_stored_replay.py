@@ -27,10 +27,10 @@ from tests.fakes import (
 
 # ------------------------------------------------------------------ EWC
 
-# ------------------------------------------------------------------ compressed replay
+# ------------------------------------------------------------------ downscaled replay
 
 
-def test_compressed_replay_feeds_the_balanced_memory_decoded_at_full_size():
+def test_downscaled_replay_feeds_the_balanced_memory_decoded_at_full_size():
     torch.manual_seed(0)
     tasks = unit_tasks([20, 20, 20])
     strategy = CompressedReplay(RecordingLatent, tasks, mem_size=10, scale=0.5)
@@ -49,7 +49,7 @@ def test_compressed_replay_feeds_the_balanced_memory_decoded_at_full_size():
     assert set(unit_pairs(memory)) == held
 
 
-def test_compressed_replay_stores_exactly_the_bytes_it_reports():
+def test_downscaled_replay_stores_exactly_the_bytes_it_reports():
     torch.manual_seed(0)
     tasks = unit_tasks([12, 12], side=16)
     strategy = CompressedReplay(RecordingLatent, tasks, mem_size=8, scale=0.5)
@@ -74,7 +74,7 @@ def test_compressed_replay_stores_exactly_the_bytes_it_reports():
     assert torch.equal(restored.memory().images, jpeg.memory().images)
 
 
-def test_compressed_replay_at_half_scale_fits_four_times_the_images_in_replays_bytes():
+def test_downscaled_replay_at_half_scale_fits_four_times_the_images_in_replays_bytes():
     from clad.strategies.replay import Replay
 
     torch.manual_seed(0)
@@ -89,7 +89,7 @@ def test_compressed_replay_at_half_scale_fits_four_times_the_images_in_replays_b
     assert compressed.memory_bytes() == replay.memory_bytes()
 
 
-def test_compressed_replay_rejects_bad_settings():
+def test_downscaled_replay_rejects_bad_settings():
     context = ("make_detector", "tasks")
     with pytest.raises(ConfigError, match=r"strategy\.scale: .*greater than 0"):
         validate_params(CompressedReplay, {"scale": 0.0}, "strategy", context)

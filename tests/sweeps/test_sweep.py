@@ -500,7 +500,7 @@ def test_a_failing_run_is_reported_and_the_others_complete(tmp_path, base_config
 
 def test_ray_sweep_equals_one_by_one(tmp_path, base_config, one_by_one):
     ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[dist]'")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         path = write_json(tmp_path / "grid.json", grid_spec(base_config, output=str(tmp_path)))
         assert (

@@ -222,6 +222,7 @@ def test_markdown_and_html_show_the_table_marks_and_missing_runs(sweep_folder):
         "curves_conv_ae.png",
         "curves_patchcore.png",
         "forgetting.png",
+        "forgetting_heatmap.png",
         "heatmap_conv_ae.png",
         "heatmap_patchcore.png",
     ]
@@ -354,3 +355,69 @@ def test_every_forgetting_definition_is_reported_with_its_source(sweep_folder):
     assert f"{chaudhry:.3f}" in line and f"{pyclad:.3f}" in line and f"{expected:.3f}" in line
     assert "UCAD" in section and "ReplayCAD" in section and "pyCLAD" in section
     assert "Forgetting, as each paper defines it" in paths["html"].read_text()
+
+
+def test_the_report_says_what_ran_the_set_overrides_too(sweep_folder, tmp_path):
+    from clad.sweeps import expand, load_sweep_spec
+    from clad.sweeps.running import write_manifest
+    from tests.paths import REPO
+
+    spec_path = REPO / "configurations" / "sweeps" / "synthetic_small.json"
+    plan = expand(load_sweep_spec(spec_path), spec_path, ["training.epochs=1"], str(tmp_path))
+    write_manifest(plan)
+    assert json.loads((plan.sweep_dir / "sweep.json").read_text())["overrides"] == [
+        "training.epochs=1"
+    ]
+    manifest = json.loads((sweep_folder / "sweep.json").read_text())
+    manifest["overrides"] = ["training.epochs=1"]
+    manifest["spec"] = {"description": "two epochs each"}
+    (sweep_folder / "sweep.json").write_text(json.dumps(manifest))
+    for run_name, epochs in (("patchcore_cl", None), ("patchcore_replay", 1)):
+        for seed in range(3):
+            path = sweep_folder / run_name / f"seed_{seed}" / "config.json"
+            config = json.loads(path.read_text())
+            training = {"batch_size": 8} if epochs is None else {"epochs": epochs}
+            config["resolved"] = {"training": training}
+            path.write_text(json.dumps(config))
+    paths = write_comparison_report(sweep_folder)
+    md = paths["md"].read_text()
+    assert "The sweep file's description: two epochs each" in md
+    assert "Run with --set training.epochs=1" in md
+    assert "- epochs: 1 (not used by patchcore_cl)" in md
+    page = paths["html"].read_text()
+    assert "Settings that ran" in page and "epochs: 1" in page
+    tex = paths["tex"].read_text()
+    assert "\\toprule" in tex and "cl $\\star$" in tex
+
+
+def test_joint_training_saw_every_task_so_its_seen_average_is_every_task(tmp_path):
+    from clad.tracking.comparison.figures import seen_average, task_forgetting
+
+    joint = np.array([[0.9, 0.8, 0.7], [0.9, 0.8, 0.7], [0.9, 0.8, 0.7]])
+    assert seen_average(joint, joint=True) == pytest.approx([0.8, 0.8, 0.8])
+    assert seen_average(joint, joint=False) == pytest.approx([0.9, 0.85, 0.8])
+    continual = np.array([[0.9, 0.5, 0.5], [0.7, 0.8, 0.5], [0.6, 0.75, 0.9]])
+    assert task_forgetting(continual, joint=False)[:2] == pytest.approx([0.3, 0.05])
+    assert math.isnan(task_forgetting(continual, joint=False)[2])
+    # a joint model's best counts from the first row
+    assert task_forgetting(continual, joint=True)[:2] == pytest.approx([0.3, 0.05])
+
+
+def test_every_strategy_of_a_detector_shares_one_axis(sweep_folder, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from clad.tracking import plots
+    from clad.tracking.comparison.figures import strategy_curves
+
+    kept = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: kept.append(fig) or path)
+    _, rows = load_rows(sweep_folder)
+    group = [r for r in rows if r.detector == "patchcore" and r.records]
+    strategy_curves("patchcore", group, sweep_folder / "x.png")
+    fig = kept[0]
+    assert len(fig.axes) == 1
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["cl", "replay", "multi_task: joint bound, every task seen"]
+    joint = fig.axes[0].get_lines()[-1]
+    assert joint.get_linestyle() == "--"
+    plt.close(fig)

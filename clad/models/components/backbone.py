@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,11 +108,24 @@ def pyramid_layers(
     return tuple(layers) if layers else stride_layers(backbone, strides)
 
 
+_last_digest: list[tuple[weakref.ref, int, tuple]] = []  # the last batch_digest computed
+
+
 def batch_digest(x: Tensor) -> tuple:
-    """An exact key of a CPU batch: its shape, dtype and a 16-byte BLAKE2 digest of its bytes."""
+    """An exact key of a CPU batch: its shape, dtype and a 16-byte BLAKE2 digest of its bytes.
+
+    The last result is remembered with the tensor it was computed from (and that tensor's
+    version counter, which any in-place change bumps), so asking again for the same batch, as
+    the feature cache and the search cache of one ``predict`` do, costs nothing."""
+    if _last_digest:
+        ref, version, found = _last_digest[0]
+        if ref() is x and version == x._version:
+            return found
     data = x.detach().contiguous()
     digest = hashlib.blake2b(data.numpy().tobytes(), digest_size=16).hexdigest()
-    return (tuple(data.shape), str(data.dtype), digest)
+    key = (tuple(data.shape), str(data.dtype), digest)
+    _last_digest[:] = [(weakref.ref(x), x._version, key)]
+    return key
 
 
 class FeatureCache:

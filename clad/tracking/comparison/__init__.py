@@ -1,10 +1,14 @@
 """The comparison report of a sweep folder: detector x strategy, mean +/- std across seeds.
 
 ``write_comparison_report(output/<sweep>)`` reads every ``<run_name>/seed_<n>/metrics.json``
-(and ``sweep.json``, the list of expected runs, so runs that never started are shown) and
-writes ``report.md``, ``report.html`` (self-contained: plots embedded as base64 PNG),
-``report.csv`` (one row per configuration), ``report_pairs.csv`` (paired strategy comparisons)
-and ``report_plots/*.png``.
+(and ``sweep.json``, the list of expected runs, so runs that never started are shown, with the
+``--set`` overrides the sweep ran with; and each run's ``config.json``, for the settings that
+ran) and writes ``report.md``, ``report.html`` (self-contained: plots embedded as base64 PNG),
+``report.tex`` (the results as a LaTeX booktabs table), ``report.csv`` (one row per
+configuration), ``report_pairs.csv`` (paired strategy comparisons) and ``report_plots/*.png``:
+per detector, every strategy's average over the tasks seen on one axis (the joint bound
+averages every task at every step: it has seen them all), the forgetting per task and
+configuration, forgetting bars, the best cells' heatmaps, cost against quality.
 
 - Table values are the mean and sample std (ddof 1) over the seeds whose run finished every
   task; unfinished seeds are counted in the ``seeds`` column, never averaged in.
@@ -28,14 +32,17 @@ from clad.tracking.comparison.render import (
     FORGETTING_NOTE,
     NOTES,
     context_lines,
+    cost_table,
     csv_rows,
     forgetting_table,
     incomplete_lines,
+    latex_text,
     main_table,
     markdown_table,
     pairs_table,
     plain_markdown,
     render_html,
+    settings_lines,
 )
 from clad.tracking.comparison.rows import Row, is_sweep_folder, load_rows
 from clad.tracking.comparison.statistics import MIN_PAIRED_SEEDS, paired_bootstrap, strategy_pairs
@@ -53,11 +60,14 @@ __all__ = [
 
 
 def write_comparison_report(folder: Path) -> dict[str, Path]:
-    """Write the sweep's comparison report; return the paths by kind (md, html, csv, pairs)."""
+    """Write the sweep's comparison report; return the paths by kind (md, html, tex, csv,
+    pairs)."""
     folder = Path(folder)
     manifest, rows = load_rows(folder)
     name = manifest.get("name", folder.name)
     table = main_table(rows)
+    costs = cost_table(rows)
+    settings = settings_lines(_first_configs(folder, rows))
     pairs = strategy_pairs(rows)
     plots = write_plots(rows, folder / "report_plots")
     incomplete = incomplete_lines(rows)
@@ -75,8 +85,14 @@ def write_comparison_report(folder: Path) -> dict[str, Path]:
         else []
     )
 
-    md = [f"# Sweep {name}", "", *context, ""]
+    md = [f"# Sweep {name}", ""]
+    for line in context:
+        md += [line, ""]
+    if settings:
+        md += ["## Settings that ran", "", *[f"- {line}" for line in settings], ""]
+    md += ["## Results", ""]
     md += markdown_table(table)
+    md += ["", "## Costs", "", *plain_markdown(costs)]
     md += ["", *[f"- {n}" for n in notes], ""]
     forgetting = forgetting_table(rows)
     md += ["## Forgetting, as each paper defines it", ""]
@@ -102,14 +118,30 @@ def write_comparison_report(folder: Path) -> dict[str, Path]:
     paths = {
         "md": folder / "report.md",
         "html": folder / "report.html",
+        "tex": folder / "report.tex",
         "csv": folder / "report.csv",
         "pairs": folder / "report_pairs.csv",
     }
     atomic_write(paths["md"], lambda h: h.write("\n".join(md).encode()))
     page = render_html(
-        name, context, table, notes, incomplete, pairs_table(pairs), plots, forgetting
+        name,
+        context,
+        table,
+        notes,
+        incomplete,
+        pairs_table(pairs),
+        plots,
+        forgetting,
+        costs,
+        settings,
     )
     atomic_write(paths["html"], lambda h: h.write(page.encode()))
+    caption = (
+        f"Sweep {name}: final averages after the last task, mean ± std over the seeds that "
+        "finished; forgetting (Chaudhry et al.) and BWT of image AUROC."
+    )
+    tex = latex_text(table, caption, f"tab:{name}")
+    atomic_write(paths["tex"], lambda h: h.write(tex.encode()))
     write_csv(paths["csv"], *csv_rows(rows))
     write_csv(
         paths["pairs"],
@@ -130,6 +162,18 @@ def write_comparison_report(folder: Path) -> dict[str, Path]:
         ],
     )
     return paths
+
+
+def _first_configs(folder: Path, rows: Sequence[Row]) -> dict[str, dict]:
+    """Run name -> the ``config.json`` of its first seed that has one (what ran)."""
+    found = {}
+    for row in rows:
+        for seed in row.seeds:
+            path = folder / row.run_name / f"seed_{seed}" / "config.json"
+            if path.is_file():
+                found[row.run_name] = read_json(path)
+                break
+    return found
 
 
 def _configs(folder: Path, rows: Sequence[Row]) -> list[dict]:

@@ -4,12 +4,13 @@ cost against quality."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from clad.tracking.comparison.rows import RANK_KEY, Row
+from clad.tracking.comparison.rows import JOINT, RANK_KEY, Row
 
 
 def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
@@ -32,40 +33,9 @@ def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
 
     for detector in detectors:
         group = [r for r in finished if r.detector == detector]
-        fig, axes = plt.subplots(
-            1, len(group), figsize=(4.2 * len(group), 3.6), squeeze=False, sharey=True
-        )
-        for ax, row in zip(axes[0], group):
-            stack = np.array(
-                [r["matrices"]["image_auroc"] for r in row.records.values()], dtype=float
-            )  # [S, T, T]
-            names = row.tasks
-            steps = np.arange(len(names))
-            with np.errstate(all="ignore"):
-                mean, std = np.nanmean(stack, axis=0), np.nanstd(stack, axis=0)
-            for k, name in enumerate(names):
-                line = ax.plot(steps[k:], mean[k:, k], marker="o", ms=3, label=name)[0]
-                ax.fill_between(
-                    steps[k:],
-                    mean[k:, k] - std[k:, k],
-                    mean[k:, k] + std[k:, k],
-                    color=line.get_color(),
-                    alpha=0.2,
-                    lw=0,
-                )
-            seen_avg = [np.nanmean(mean[t, : t + 1]) for t in steps]
-            ax.plot(steps, seen_avg, color="black", lw=2, ls="--", label="average (seen)")
-            ax.set_xticks(steps, names, rotation=45, ha="right", fontsize=7)
-            ax.set_title(
-                f"{detector} / {row.strategy}" + (f"\n{row.axes_text()}" if row.axes else ""),
-                fontsize=9,
-            )
-            ax.set_ylim(0, 1.02)
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("image AUROC (mean ± std over seeds)")
-        axes[0][-1].legend(fontsize=7, loc="lower left")
-        fig.suptitle(f"{detector}: each task's image AUROC after every training step")
-        produced.append(save(fig, folder / f"curves_{detector}.png"))
+        produced.append(strategy_curves(detector, group, folder / f"curves_{detector}.png"))
+    if len(finished[0].tasks) > 1:  # one task forgets nothing
+        produced.append(forgetting_heatmap(finished, folder / "forgetting_heatmap.png"))
 
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(detectors) * len(strategies) / 2), 3.8))
     width = 0.8 / len(strategies)
@@ -103,11 +73,11 @@ def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
                 f"{len(row.records)} seeds)"
             )
             suffix = f"_{row.run_name}" if len(best) > 1 else ""
-            produced.append(
-                matrix_heatmap(matrix, row.tasks, title, folder / f"heatmap_{detector}{suffix}.png")
-            )
+            path = folder / f"heatmap_{detector}{suffix}.png"
+            learned = [0] * len(row.tasks) if is_joint(row) else None
+            produced.append(matrix_heatmap(matrix, row.tasks, title, path, learned=learned))
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True, layout="constrained")
     markers = "osD^v<>px*"
     for row in finished:
         quality = row.stat(RANK_KEY)
@@ -125,13 +95,6 @@ def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
                 ms=7,
                 capsize=3,
             )
-            ax.annotate(
-                f"{row.detector}/{row.strategy}",
-                (position, quality[0]),
-                fontsize=6,
-                xytext=(4, 4),
-                textcoords="offset points",
-            )
     axes[0].set_xscale("log")
     axes[0].set_xlabel("training time over the stream (s, log)")
     axes[1].set_xlabel("trainable + pretrained weights + stored memory after the last task (MB)")
@@ -141,9 +104,117 @@ def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
         plt.Line2D([], [], color="grey", marker=markers[i % len(markers)], ls="", label=d)
         for i, d in enumerate(detectors)
     ]
-    axes[1].legend(handles=handles, fontsize=7, loc="lower right")
+    fig.legend(handles=handles, fontsize=7, loc="outside right center")
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle("Cost vs quality (error bars: std over seeds)")
+    fig.suptitle("Cost vs quality (colour: strategy, marker: detector; error bars: std over seeds)")
     produced.append(save(fig, folder / "cost_quality.png"))
     return produced
+
+
+def is_joint(row: Row) -> bool:
+    """Whether a row's model saw every task before the first row (joint training)."""
+    record = next(iter(row.records.values()))
+    return bool(record.get("sees_future_tasks", row.strategy == JOINT))
+
+
+def seen_average(matrix: np.ndarray, joint: bool) -> np.ndarray:
+    """[T] after each step t, the mean over the tasks seen by then (0..t; every task for joint
+    training, which has seen them all from the first row), NaN cells left out."""
+    n = matrix.shape[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.array([np.nanmean(matrix[t, : n if joint else t + 1]) for t in range(n)])
+
+
+def strategy_curves(detector: str, group: Sequence[Row], path: Path) -> Path:
+    """Every strategy of one detector on one axis: the average image AUROC over the tasks seen
+    after each step (mean ± std over seeds); the joint bound (every task seen from the start)
+    dashed."""
+    import matplotlib.pyplot as plt
+
+    from clad.tracking.plots import save
+
+    fig, ax = plt.subplots(figsize=(8.5, 4.2), layout="constrained")
+    names = group[0].tasks
+    steps = np.arange(len(names))
+    for i, row in enumerate(group):
+        joint = is_joint(row)
+        curves = np.array(
+            [
+                seen_average(np.array(r["matrices"]["image_auroc"], dtype=float), joint)
+                for r in row.records.values()
+            ]
+        )  # [S, T]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(curves, axis=0)
+            std = np.nanstd(curves, axis=0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
+        label = row.strategy + (f" ({row.axes_text()})" if row.axes else "")
+        if joint:
+            label += ": joint bound, every task seen"
+        style = {"ls": "--", "color": "black"} if joint else {"color": plt.cm.tab10(i % 10)}
+        line = ax.plot(steps, mean, marker="o", ms=4, lw=1.8, label=label, **style)[0]
+        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15, lw=0)
+    ax.set_xticks(steps, names, rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel("after training task")
+    ax.set_ylabel("average image AUROC over the tasks seen")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(f"{detector}: every strategy after each step (mean ± std over seeds)", fontsize=10)
+    return save(fig, path)
+
+
+def task_forgetting(matrix: np.ndarray, joint: bool) -> np.ndarray:
+    """[T] each task's forgetting after the last step: its best value from the step that
+    learnt it (step 0 for joint training) to the step before the last, minus its last value
+    (Chaudhry et al.); NaN for the last task, which had no later step."""
+    n = matrix.shape[0]
+    out = np.full(n, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for k in range(n - 1):
+            earlier = matrix[0 if joint else k : n - 1, k]
+            out[k] = np.nanmax(earlier) - matrix[n - 1, k]
+    return out
+
+
+def forgetting_heatmap(rows: Sequence[Row], path: Path) -> Path:
+    """Tasks x configurations: each task's forgetting of image AUROC after the last step
+    (``task_forgetting``), mean over seeds; positive = forgotten."""
+    from clad.tracking.plots import matrix_heatmap
+
+    names = rows[0].tasks
+    columns, values = [], []
+    for row in rows:
+        if row.tasks != names:
+            continue
+        joint = is_joint(row)
+        stack = np.array(
+            [
+                task_forgetting(np.array(r["matrices"]["image_auroc"], dtype=float), joint)
+                for r in row.records.values()
+            ]
+        )  # [S, T]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            values.append(np.nanmean(stack, axis=0))
+        columns.append(
+            f"{row.detector}/{row.strategy}" + (f" ({row.axes_text()})" if row.axes else "")
+        )
+    matrix = np.array(values).T[:-1]  # [T - 1, configurations]: the last task forgets nothing
+    finite = matrix[np.isfinite(matrix)]
+    bound = max(0.05, float(np.abs(finite).max())) if finite.size else 1.0
+    return matrix_heatmap(
+        matrix,
+        names[:-1],
+        "forgetting of image AUROC per task after the last step (mean over seeds; + = forgotten)",
+        path,
+        columns=columns,
+        learned=[0] * len(columns),
+        value_range=(-bound, bound),
+        cmap="RdBu_r",
+        row_label="task",
+        column_label="configuration",
+    )

@@ -14,6 +14,7 @@ from typing import Any
 from clad.tracking.comparison.published import CLAD_PUBLISHED, clad_text
 from clad.tracking.comparison.rows import Row
 from clad.tracking.comparison.statistics import MIN_PAIRED_SEEDS, Pair
+from clad.tracking.text import fixed, latex_table, signed
 
 # (key, column label, kind): kind picks the number format
 TABLE_METRICS: tuple[tuple[str, str, str], ...] = (
@@ -29,6 +30,8 @@ TABLE_METRICS: tuple[tuple[str, str, str], ...] = (
     ("cost/memory_mb", "memory MB", "mb"),
     ("cost/peak_memory_mb", "peak MB", "mb"),
 )
+QUALITY_METRICS = TABLE_METRICS[:6]
+COST_METRICS = TABLE_METRICS[6:]
 
 
 def fmt_number(value: float, kind: str) -> str:
@@ -39,8 +42,8 @@ def fmt_number(value: float, kind: str) -> str:
             return f"{value:.1f} s"
         return f"{value / 60:.1f} min" if value < 3 * 3600 else f"{value / 3600:.2f} h"
     if kind == "mb":
-        return f"{value:.2f}" if value < 100 else f"{value:.0f}"
-    return f"{value:.3f}"
+        return fixed(value, 2) if value < 100 else fixed(value, 0)
+    return fixed(value, 3)
 
 
 def fmt_stat(mean: float, std: float, kind: str) -> str:
@@ -67,29 +70,43 @@ class Table:
 
 
 def main_table(rows: Sequence[Row]) -> Table:
+    """The results: final averages, forgetting, BWT, the gap to joint training and CLAD's
+    published numbers, one row per configuration (the costs are ``cost_table``)."""
     has_axes = any(r.axes for r in rows)
     has_joint = any(math.isfinite(r.gap_to_joint) for r in rows)
     has_clad = any(clad_text(r) for r in rows)
     header = ["detector", "strategy"] + (["axes"] if has_axes else []) + ["seeds"]
-    header += [label for _, label, _ in TABLE_METRICS[:6]]
+    header += [label for _, label, _ in QUALITY_METRICS]
     header += ["gap to joint"] if has_joint else []
-    header += [label for _, label, _ in TABLE_METRICS[6:]]
     header += ["CLAD published (img/pix/PRO/forg.)"] if has_clad else []
     lines = []
     for row in rows:
         cells = [row.detector, row.strategy + (" ★" if row.best else "")]
         cells += [row.axes_text()] if has_axes else []
         cells.append(row.state_text())
-        stats = {key: row.stat(key) for key, _, _ in TABLE_METRICS}
-        for key, _, kind in TABLE_METRICS[:6]:
-            cells.append(fmt_stat(stats[key][0], stats[key][1], kind) if row.records else "—")
+        for key, _, kind in QUALITY_METRICS:
+            mean, std, _ = row.stat(key)
+            cells.append(fmt_stat(mean, std, kind) if row.records else "—")
         if has_joint:
             cells.append(fmt_number(row.gap_to_joint, "score") if row.records else "—")
-        for key, _, kind in TABLE_METRICS[6:]:
-            cells.append(fmt_stat(stats[key][0], stats[key][1], kind) if row.records else "—")
         cells += [clad_text(row)] if has_clad else []
         lines.append(cells)
     return Table(header, lines, [r.best for r in rows])
+
+
+def cost_table(rows: Sequence[Row]) -> Table:
+    """Training time and sizes after the last task, one row per configuration."""
+    has_axes = any(r.axes for r in rows)
+    header = ["detector", "strategy"] + (["axes"] if has_axes else [])
+    header += [label for _, label, _ in COST_METRICS]
+    lines = []
+    for row in rows:
+        cells = [row.detector, row.strategy] + ([row.axes_text()] if has_axes else [])
+        for key, _, kind in COST_METRICS:
+            mean, std, _ = row.stat(key)
+            cells.append(fmt_stat(mean, std, kind) if row.records else "—")
+        lines.append(cells)
+    return Table(header, lines, [False] * len(rows))
 
 
 FORGETTING_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -144,7 +161,7 @@ def pairs_table(pairs: Sequence[Pair]) -> Table:
     header = ["detector", "A vs B", "metric", "seeds", "mean A − B", "95% bootstrap CI", "clear"]
     rows = []
     for p in pairs:
-        ci = "n/a (1 seed)" if not math.isfinite(p.low) else f"[{p.low:+.3f}, {p.high:+.3f}]"
+        ci = "n/a (1 seed)" if not math.isfinite(p.low) else f"[{signed(p.low)}, {signed(p.high)}]"
         name = p.detector + (f" ({p.axes})" if p.axes else "")
         clear = (
             "yes"
@@ -152,7 +169,7 @@ def pairs_table(pairs: Sequence[Pair]) -> Table:
             else ("no" if len(p.seeds) >= MIN_PAIRED_SEEDS else f"n/a (< {MIN_PAIRED_SEEDS} seeds)")
         )
         rows.append(
-            [name, f"{p.a} vs {p.b}", p.metric, str(len(p.seeds)), f"{p.mean:+.3f}", ci, clear]
+            [name, f"{p.a} vs {p.b}", p.metric, str(len(p.seeds)), signed(p.mean), ci, clear]
         )
     return Table(header, rows, [False] * len(rows))
 
@@ -173,7 +190,19 @@ def incomplete_lines(rows: Sequence[Row]) -> list[str]:
 
 
 def context_lines(manifest: dict[str, Any], rows: Sequence[Row]) -> list[str]:
+    """The sweep file's description (as written there), the ``--set`` overrides it ran with,
+    the tasks and how many runs finished."""
     lines = []
+    description = manifest.get("spec", {}).get("description")
+    if description:
+        lines.append(f"The sweep file's description: {description}")
+    overrides = manifest.get("overrides") or []
+    if overrides:
+        lines.append(
+            "Run with --set "
+            + ", ".join(overrides)
+            + " (applied to every run; the settings below are what ran)."
+        )
     first = next((r for r in rows if r.records), None)
     if first is not None:
         record = next(iter(first.records.values()))
@@ -184,9 +213,62 @@ def context_lines(manifest: dict[str, Any], rows: Sequence[Row]) -> list[str]:
         f"{sum(len(r.records) for r in rows)} of {sum(len(r.seeds) for r in rows)} "
         "runs finished."
     )
-    if manifest.get("spec", {}).get("description"):
-        lines.insert(0, manifest["spec"]["description"])
     return lines
+
+
+SETTING_KEYS: tuple[tuple[str, str], ...] = (
+    ("dataset.name", "dataset"),
+    ("dataset.categories", "categories"),
+    ("dataset.protocol", "protocol"),
+    ("dataset.image_size", "image size"),
+    ("dataset.crop_size", "crop size"),
+    ("resolved.training.epochs", "epochs"),
+    ("resolved.training.batch_size", "batch size"),
+    ("resolved.training.lr", "learning rate"),
+    ("resolved.training.patience", "patience"),
+    ("resolved.training.precision", "precision"),
+    ("training.device", "device"),
+    ("evaluation.threshold_quantile", "threshold quantile"),
+)
+"""The settings a sweep report lists, from each run's ``config.json`` (what ran)."""
+
+
+def settings_lines(configs: dict[str, dict]) -> list[str]:
+    """One line per setting of ``SETTING_KEYS``: its value when every run that uses it has
+    the same, else each value with its runs; runs whose detector does not use a training
+    setting are named. ``configs``: run name -> its first seed's ``config.json``."""
+    lines = []
+    for key, label in SETTING_KEYS:
+        values: dict[str, list[str]] = {}
+        unused = []
+        for run_name, config in configs.items():
+            node: Any = config
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                if key.startswith("resolved.training.") and "training" in config.get(
+                    "resolved", {}
+                ):
+                    unused.append(run_name)  # what ran, and this key was not part of it
+                continue
+            text = ", ".join(map(str, node)) if isinstance(node, list) else str(node)
+            values.setdefault(text, []).append(run_name)
+        if not values:
+            continue
+        if len(values) == 1:
+            text = next(iter(values))
+        else:
+            text = "; ".join(f"{value} ({', '.join(names)})" for value, names in values.items())
+        if unused:
+            text += f" (not used by {', '.join(unused)})"
+        lines.append(f"{label}: {text}")
+    return lines
+
+
+def latex_text(table: Table, caption: str, label: str) -> str:
+    """``table`` as a LaTeX booktabs table (``report.tex``)."""
+    text_columns = 3 + ("axes" in table.header)
+    return latex_table(table.header, table.rows, caption, label, text_columns)
 
 
 def plain_markdown(table: Table) -> list[str]:
@@ -248,12 +330,13 @@ def csv_rows(rows: Sequence[Row]) -> tuple[list[str], list[list[Any]]]:
 
 
 CSS = """
-body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em;
-       color: #1b1b1b; max-width: 1400px; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }
-th { background: #f0f0f0; }
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 1.5em;
+       color: #1b1b1b; max-width: 1340px; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 12.5px; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; white-space: nowrap; }
+th { background: #f0f0f0; white-space: normal; max-width: 8.5em; vertical-align: bottom; }
 td.text { text-align: left; }
+td.wrap { white-space: normal; max-width: 16em; }
 tr.best td { background: #e8f5e9; font-weight: 600; }
 tr.missing td { color: #999; }
 .notes { font-size: 12px; color: #444; max-width: 1100px; }
@@ -264,12 +347,13 @@ img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 def _html_table(table: Table, text_columns: int = 2) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
     body = []
+    wrapped = {i for i, h in enumerate(table.header) if h in ("axes", "seeds")}
     for cells, best in zip(table.rows, table.best):
         missing = "—" in cells
         cls = ' class="best"' if best else (' class="missing"' if missing else "")
         tds = "".join(
-            f'<td class="text">{html.escape(c)}</td>'
-            if i < text_columns + ("axes" in table.header)
+            f'<td class="text{" wrap" if i in wrapped else ""}">{html.escape(c)}</td>'
+            if i < text_columns + ("axes" in table.header) or i in wrapped
             else f"<td>{html.escape(c)}</td>"
             for i, c in enumerate(cells)
         )
@@ -286,6 +370,8 @@ def render_html(
     pairs: Table,
     plots: Sequence[Path],
     forgetting: Table | None = None,
+    costs: Table | None = None,
+    settings: Sequence[str] = (),
 ) -> str:
     """One self-contained page: inline CSS, tables, plots as base64 PNG data URIs."""
     parts = [
@@ -294,7 +380,15 @@ def render_html(
         f"<h1>Sweep {html.escape(name)}</h1>",
     ]
     parts += [f"<p>{html.escape(line)}</p>" for line in context]
+    if settings:
+        parts.append("<h2>Settings that ran</h2><ul>")
+        parts += [f"<li>{html.escape(line)}</li>" for line in settings]
+        parts.append("</ul>")
+    parts.append("<h2>Results</h2>")
     parts.append(_html_table(table))
+    if costs is not None:
+        parts.append("<h2>Costs</h2>")
+        parts.append(_html_table(costs))
     parts.append(
         '<div class="notes">' + "".join(f"<p>{html.escape(n)}</p>" for n in notes) + "</div>"
     )

@@ -78,6 +78,17 @@ class DecodeCache:
         self.writable = True
         self.lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        """Without the lock: a dataset holding the cache goes to DataLoader worker processes
+        started by ``spawn`` (sweep workers), which pickle it."""
+        state = self.__dict__.copy()
+        del state["lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.Lock()
+
     @classmethod
     def from_setting(cls, setting: DecodeCacheSetting) -> DecodeCache | None:
         folder = decode_cache_folder(setting)

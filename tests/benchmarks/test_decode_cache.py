@@ -4,6 +4,7 @@ nothing stale, damaged or half-written is ever read."""
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -63,6 +64,17 @@ def test_a_second_dataset_reads_the_cache_and_equals_a_decoded_one(copy, tmp_pat
     for data in (first, second):
         assert torch.equal(data.images, plain.images) and torch.equal(data.masks, plain.masks)
         assert data.masks.any()
+
+
+def test_a_dataset_with_its_cache_pickles_for_spawned_loader_workers(copy, tmp_path):
+    """DataLoader workers started by ``spawn`` (as in sweep workers) pickle the dataset."""
+    _, test = read_category(copy, "capsule")
+    data = ImageDataset(test, 40, 32, decode_cache=tmp_path / "cache")
+    again = pickle.loads(pickle.dumps(data))
+    assert again.cache is not None and again.cache.folder == data.cache.folder
+    assert torch.equal(again.images, data.images)
+    with again.cache.lock:  # a lock of its own
+        assert not data.cache.lock.locked()
 
 
 def test_another_size_or_crop_or_a_changed_file_is_another_entry(copy, tmp_path):

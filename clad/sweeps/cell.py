@@ -131,6 +131,14 @@ def _run_locked(job: CellJob, folder: Path, began: float) -> CellResult:
             message = "interrupted"
         return CellResult(job.label, False, message, seconds)
     summary = {k: v for k, v in record["summary"].items() if v is not None}
+    return CellResult(job.label, True, final_message(summary), time.perf_counter() - began, summary)
+
+
+def final_message(summary: dict) -> str:
+    """The line a finished cell prints: its final average image AUROC, or AUC and pAUC for a
+    machine-sound run (whose summary has no image AUROC)."""
+    if "final_avg/image_auroc" not in summary and "final_avg/auc" in summary:
+        auc, pauc = summary["final_avg/auc"], summary.get("final_avg/pauc")
+        return f"final avg AUC {auc:.3f}" + ("" if pauc is None else f", pAUC {pauc:.3f}")
     auroc = summary.get("final_avg/image_auroc")
-    message = "final avg image AUROC " + ("n/a" if auroc is None else f"{auroc:.3f}")
-    return CellResult(job.label, True, message, time.perf_counter() - began, summary)
+    return "final avg image AUROC " + ("n/a" if auroc is None else f"{auroc:.3f}")

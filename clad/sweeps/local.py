@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import cast
 
 from clad.errors import ConfigError
-from clad.sweeps.cell import run_cell, write_error
+from clad.sweeps.cell import final_message, run_cell, write_error
 from clad.sweeps.jobs import CellJob, CellResult
 from clad.tracking.files import read_json
 from clad.tracking.run_folders import ERROR_FILE, disk_state
@@ -159,9 +159,7 @@ def _local_result(job: CellJob, exitcode: int | None, seconds: float) -> CellRes
     if exitcode == 0 and state.state == "finished":
         (folder / ERROR_FILE).unlink(missing_ok=True)  # an earlier attempt's
         summary = _final_summary(folder)
-        auroc = summary.get("final_avg/image_auroc")
-        message = "final avg image AUROC " + ("n/a" if auroc is None else f"{auroc:.3f}")
-        return CellResult(job.label, True, message, seconds, summary)
+        return CellResult(job.label, True, final_message(summary), seconds, summary)
     if exitcode is not None and exitcode < 0:
         name = signal.Signals(-exitcode).name
         hint = " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""

@@ -12,6 +12,7 @@ its last checkpoint, which the next sweep resumes. The last changes come with th
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -21,6 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +37,33 @@ POLL_S = 0.5  # how often a copy-back task looks for a new checkpoint to send
 FileKey = tuple[int, int, int] | None  # (inode, size, mtime) of a file; None for a folder
 
 
+def _temporary(name: str) -> bool:
+    """A temporary file of a write in progress (``.<name>.<random>.tmp``, ``atomic_write``)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 def _entries(folder: Path) -> Iterator[tuple[str, Path]]:
-    """(relative path, path) of everything under ``folder``, folders before what they hold,
-    without the temporary files of writes in progress (``.<name>.<random>.tmp``); an entry
-    removed while it is listed is simply not listed."""
+    """(relative path, path) of everything under ``folder`` but temporary files, folders
+    before what they hold; an entry removed while it is listed is simply not listed."""
     for root, dirs, names in os.walk(folder):
-        dirs.sort()
-        for name in sorted(dirs) + sorted(names):
-            if name.startswith(".") and name.endswith(".tmp"):
-                continue
+        dirs[:] = sorted(d for d in dirs if not _temporary(d))
+        for name in dirs + sorted(n for n in names if not _temporary(n)):
             path = Path(root, name)
             yield path.relative_to(folder).as_posix(), path
+
+
+def _key(stat: os.stat_result) -> FileKey:
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def held(folder: Path) -> dict[str, FileKey]:
+    """What ``pack`` records as sent for everything ``folder`` holds now (for a folder just
+    seeded from the driver's copy, which the driver need not be sent back)."""
+    keys: dict[str, FileKey] = {}
+    for rel, path in _entries(folder):
+        with contextlib.suppress(FileNotFoundError):
+            keys[rel] = None if path.is_dir() else _key(path.stat())
+    return keys
 
 
 def pack(folder: Path, sent: dict[str, FileKey] | None = None) -> FolderChanges:
@@ -67,8 +85,7 @@ def pack(folder: Path, sent: dict[str, FileKey] | None = None) -> FolderChanges:
                         sent[rel] = None
                 else:
                     with open(path, "rb") as handle:
-                        stat = os.fstat(handle.fileno())
-                        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+                        key = _key(os.fstat(handle.fileno()))
                         if sent.get(rel) != key:
                             tar.addfile(tar.gettarinfo(arcname=rel, fileobj=handle), handle)
                             sent[rel] = key
@@ -94,9 +111,7 @@ def apply(changes: FolderChanges, folder: Path) -> None:
             elif member.isfile():
                 source = tar.extractfile(member)
                 assert source is not None
-                atomic_write(
-                    target, lambda handle, source=source: shutil.copyfileobj(source, handle)
-                )
+                atomic_write(target, partial(shutil.copyfileobj, source))
     keep = set(changes.entries)
     for root, dirs, names in os.walk(folder, topdown=False):
         for name in names + dirs:
@@ -133,19 +148,18 @@ def _checksums(folder: Path) -> list[tuple[str, int]]:
 
 
 def ray_cell_copied(
-    job: CellJob, seed: FolderChanges | None
+    job: CellJob, seed: FolderChanges | None, stream: bool = True
 ) -> Iterator[FolderChanges | CellResult]:
     """Body of a Ray streaming task with ``--copy-back``: run into a temporary folder on the
     worker, seeded with ``seed`` (the driver's copy of the cell); yield the folder's changes
-    after every checkpoint, then the result with the last changes."""
+    after every checkpoint (unless not ``stream``), then the result with the last changes."""
     _enter_cwd(job)
     with tempfile.TemporaryDirectory(prefix="clad-sweep-") as scratch:
         local = replace(job, output_root=scratch)
         folder = local.folder()
-        sent: dict[str, FileKey] = {}
         if seed is not None:
             apply(seed, folder)
-            pack(folder, sent)  # the driver has these
+        sent = held(folder)  # the driver has these
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clad-cell") as pool:
             running = pool.submit(run_cell, local)
             seen = _checksums(folder)
@@ -155,11 +169,19 @@ def ray_cell_copied(
                     break
                 except TimeoutError:
                     pass
-                if (now := _checksums(folder)) != seen:
+                if stream and (now := _checksums(folder)) != seen:
                     seen = now
                     yield pack(folder, sent)
         result.files = pack(folder, sent)
         yield result
+
+
+def ray_cell_copied_at_end(job: CellJob, seed: FolderChanges | None) -> CellResult:
+    """Body of a ``--copy-back`` Ray task through Ray Client (``ray://``), which cannot stream
+    a task's results: the result alone, with all of the folder's changes."""
+    (result,) = ray_cell_copied(job, seed, stream=False)
+    assert isinstance(result, CellResult)
+    return result
 
 
 def _ray_runtime_env() -> dict:
@@ -208,7 +230,18 @@ def run_ray(
             f"{cluster_gpus:.0f} GPUs; {'copy-back' if copy_back else 'shared'} storage",
             flush=True,
         )
-        shared, copied = ray.remote(ray_cell), ray.remote(ray_cell_copied)
+        # Ray Client (ray://) cannot stream a task's results: copy-back runs then send their
+        # files when they end, and a run lost part-way starts again
+        stream = copy_back and _can_stream(ray)
+        if copy_back and not stream:
+            print(
+                "[sweep] Ray Client: each run's files come back when it ends (a run lost "
+                "part-way starts again); run the sweep on a cluster node to receive every "
+                "checkpoint as it is written",
+                flush=True,
+            )
+        shared = ray.remote(ray_cell)
+        copied = ray.remote(ray_cell_copied if stream else ray_cell_copied_at_end)
         running: dict[Any, tuple[CellJob, float]] = {}  # task (or its stream) -> job, start
         for job in jobs:
             job = replace(job, threads=threads)
@@ -223,10 +256,13 @@ def run_ray(
                 "max_retries": 0,
                 "name": f"clad:{job.label}",
             }
+            task: Any
             if copy_back:
                 folder = job.folder()
                 seed = pack(folder) if folder.is_dir() else None
-                task = copied.options(**options, num_returns="streaming").remote(job, seed)
+                if stream:
+                    options["num_returns"] = "streaming"
+                task = copied.options(**options).remote(job, seed)
             else:
                 task = shared.options(**options).remote(job)
             running[task] = (job, time.perf_counter())
@@ -234,13 +270,18 @@ def run_ray(
             ready, _ = ray.wait(list(running), num_returns=1)
             for task in ready:
                 job, began = running[task]
-                result = _receive(ray, task, job, began, copy_back)
+                result = _receive(ray, task, job, began, stream)
                 if result is not None:
                     del running[task]
                     on_done(result)
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _can_stream(ray: Any) -> bool:
+    """Whether tasks can stream results to this driver: not through Ray Client (``ray://``)."""
+    return not ray.util.client.ray.is_connected()
 
 
 def _receive(ray: Any, task: Any, job: CellJob, began: float, stream: bool) -> CellResult | None:

@@ -421,3 +421,72 @@ def test_every_strategy_of_a_detector_shares_one_axis(sweep_folder, monkeypatch)
     joint = fig.axes[0].get_lines()[-1]
     assert joint.get_linestyle() == "--"
     plt.close(fig)
+
+
+def write_audio_run(folder: Path, detector: str, strategy: str, level: float) -> dict:
+    """A machine-sound run's metrics.json: AUC, pAUC and hmean matrices (no image metrics), AUC
+    ``level`` on the diagonal, decaying below it, and the official score."""
+    machines = ["fan", "pump", "bearing"]
+    n = len(machines)
+    auc = np.array(
+        [[level - 0.05 * (t - k) if k <= t else 0.5 for k in range(n)] for t in range(n)]
+    )
+    matrices = {"auc": auc, "pauc": auc - 0.02, "hmean": auc - 0.03}
+    summary = summarize(matrices, upto=n - 1)
+    summary["official/hmean"] = level - 0.1
+    record = {
+        "run_name": f"{detector}_{strategy}",
+        "seed": 0,
+        "detector": detector,
+        "strategy": strategy,
+        "tasks": machines,
+        "completed_tasks": n,
+        "matrices": {m: v.tolist() for m, v in matrices.items()},
+        "summary": summary,
+        "costs": {
+            "train_seconds": [10.0] * n,
+            "infer_images_per_s": [50.0] * n,
+            "trainable_mb": [0.5] * n,
+            "pretrained_mb": [0.0] * n,
+            "memory_mb": [0.0] * n,
+            "peak_memory_mb": [900.0] * n,
+            "total_train_seconds": 30.0,
+            "wall_seconds_this_session": 1.0,
+        },
+        "thresholds": {"image": [[0.1] * n] * n, "pixel": [[None] * n] * n},
+    }
+    run_dir = folder / f"{detector}_{strategy}" / "seed_0"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(json.dumps(record))
+    config = {"dataset": {"name": "synthetic_audio", "image_size": 64, "audio": {"n_mels": 32}}}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "finished.json").write_text(json.dumps({"completed_tasks": n}))
+    return record
+
+
+def test_a_machine_sound_sweep_reports_auc_pauc_and_hmean(tmp_path):
+    """Machine-sound runs have no image AUROC: the report ranks, tabulates and plots AUC (with
+    pAUC, hmean and the official score beside it) instead, and a finished cell says its AUC."""
+    from clad.sweeps.cell import final_message
+
+    folder = tmp_path / "audio"
+    levels = {("aegan", "naive"): 0.7, ("aegan", "replay"): 0.8, ("aegan", "multi_task"): 0.85}
+    levels |= {("dcase_ae", "naive"): 0.75, ("dcase_ae", "multi_task"): 0.9}
+    records = {f"{d}_{s}": write_audio_run(folder, d, s, level) for (d, s), level in levels.items()}
+    paths = write_comparison_report(folder)
+    rows = read_csv(paths["csv"])
+    for run_name, record in records.items():
+        for key in ("final_avg/auc", "final_avg/pauc", "final_avg/hmean", "official/hmean"):
+            assert float(rows[run_name][f"{key}:mean"]) == pytest.approx(record["summary"][key])
+    assert [r for r in rows if rows[r]["best"] == "1"] == ["aegan_replay", "dcase_ae_naive"]
+    gap = records["aegan_replay"]["summary"]["final_avg/auc"]
+    gap -= records["aegan_multi_task"]["summary"]["final_avg/auc"]
+    assert float(rows["aegan_replay"]["gap_to_joint/auc"]) == pytest.approx(gap)
+    text = paths["md"].read_text()
+    assert "| AUC | pAUC | hmean | official score | forgetting (AUC) | BWT (AUC) |" in text
+    assert "| Chaudhry (AUC) | pyCLAD (AUC) | gap to joint (AUC) |" in text
+    assert "image AUROC" not in text and "image size" not in text and "mel bands: 32" in text
+    plots = {p.name for p in (folder / "report_plots").glob("*.png")}
+    assert {"curves_aegan.png", "curves_dcase_ae.png", "heatmap_aegan.png"} <= plots
+    assert final_message(records["aegan_replay"]["summary"]).startswith("final avg AUC 0.")
+    assert final_message({"final_avg/image_auroc": 0.9}) == "final avg image AUROC 0.900"

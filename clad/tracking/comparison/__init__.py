@@ -12,6 +12,8 @@ configuration, forgetting bars, the best cells' heatmaps, cost against quality.
 
 - Table values are the mean and sample std (ddof 1) over the seeds whose run finished every
   task; unfinished seeds are counted in the ``seeds`` column, never averaged in.
+- Machine-sound sweeps (runs scored by ``clad.metrics.audio``) rank, tabulate and plot AUC,
+  pAUC and harmonic means instead of the image metrics (``rows.metric_set``).
 - Best cell per detector: the highest mean final image AUROC among continual strategies; the
   reference bounds ``multi_task``, ``cumulative`` and ``single_model`` are shown, not ranked.
 - Gap to the joint upper bound: mean final image AUROC of the row minus that of the same
@@ -29,22 +31,22 @@ from pathlib import Path
 from clad.tracking.comparison.figures import write_plots
 from clad.tracking.comparison.published import CLAD_NOTE, CLAD_PUBLISHED, clad_text
 from clad.tracking.comparison.render import (
-    FORGETTING_NOTE,
-    NOTES,
     context_lines,
     cost_table,
     csv_rows,
+    forgetting_note_for,
     forgetting_table,
     incomplete_lines,
     latex_text,
     main_table,
     markdown_table,
+    notes_for,
     pairs_table,
     plain_markdown,
     render_html,
     settings_lines,
 )
-from clad.tracking.comparison.rows import Row, is_sweep_folder, load_rows
+from clad.tracking.comparison.rows import Row, is_sweep_folder, load_rows, metric_set
 from clad.tracking.comparison.statistics import MIN_PAIRED_SEEDS, paired_bootstrap, strategy_pairs
 from clad.tracking.files import atomic_write, read_json, write_csv
 
@@ -76,7 +78,8 @@ def write_comparison_report(folder: Path) -> dict[str, Path]:
     mvtec = all(
         r.get("dataset", {}).get("name", "mvtec") == "mvtec" for r in _configs(folder, rows)
     )
-    notes = NOTES + (
+    metrics = metric_set(rows)
+    notes = notes_for(metrics) + (
         [
             CLAD_NOTE
             + ("" if mvtec else " This sweep is not on MVTec AD: the numbers are not comparable.")
@@ -97,7 +100,7 @@ def write_comparison_report(folder: Path) -> dict[str, Path]:
     forgetting = forgetting_table(rows)
     md += ["## Forgetting, as each paper defines it", ""]
     md += plain_markdown(forgetting)
-    md += ["", FORGETTING_NOTE, ""]
+    md += ["", forgetting_note_for(metrics), ""]
     if incomplete:
         md += ["## Incomplete runs", "", *[f"- {line}" for line in incomplete], ""]
     if pairs:
@@ -134,11 +137,12 @@ def write_comparison_report(folder: Path) -> dict[str, Path]:
         forgetting,
         costs,
         settings,
+        forgetting_note_for(metrics),
     )
     atomic_write(paths["html"], lambda h: h.write(page.encode()))
     caption = (
         f"Sweep {name}: final averages after the last task, mean ± std over the seeds that "
-        "finished; forgetting (Chaudhry et al.) and BWT of image AUROC."
+        f"finished; forgetting (Chaudhry et al.) and BWT of {metrics.label}."
     )
     tex = latex_text(table, caption, f"tab:{name}")
     atomic_write(paths["tex"], lambda h: h.write(tex.encode()))

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from clad.tracking.comparison.rows import JOINT, RANK_KEY, Row
+from clad.tracking.comparison.rows import JOINT, Row, metric_set
 
 
 def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
-    """Per-detector task curves, forgetting bars, the best cells' heatmaps, cost vs quality."""
+    """Per-detector task curves, forgetting bars, the best cells' heatmaps, cost vs quality, of
+    image AUROC (or AUC for machine sounds: ``metric_set``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,15 +28,19 @@ def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
     if not finished:
         return []
     produced = []
+    metrics = metric_set(rows)
+    main, label = metrics.main, metrics.label
     detectors = list(dict.fromkeys(r.detector for r in finished))
     strategies = list(dict.fromkeys(r.strategy for r in finished))
     colours = {s: plt.cm.tab10(i % 10) for i, s in enumerate(strategies)}
 
     for detector in detectors:
         group = [r for r in finished if r.detector == detector]
-        produced.append(strategy_curves(detector, group, folder / f"curves_{detector}.png"))
+        path = folder / f"curves_{detector}.png"
+        produced.append(strategy_curves(detector, group, path, main, label))
     if len(finished[0].tasks) > 1:  # one task forgets nothing
-        produced.append(forgetting_heatmap(finished, folder / "forgetting_heatmap.png"))
+        path = folder / "forgetting_heatmap.png"
+        produced.append(forgetting_heatmap(finished, path, main, label))
 
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(detectors) * len(strategies) / 2), 3.8))
     width = 0.8 / len(strategies)
@@ -43,7 +48,7 @@ def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
         means, stds = [], []
         for detector in detectors:
             match = [r for r in finished if r.detector == detector and r.strategy == strategy]
-            stat = match[0].stat("forgetting/image_auroc") if match else (math.nan, math.nan, 0)
+            stat = match[0].stat(f"forgetting/{main}") if match else (math.nan, math.nan, 0)
             means.append(stat[0])
             stds.append(0.0 if not math.isfinite(stat[1]) else stat[1])
         x = np.arange(len(detectors)) + (j - (len(strategies) - 1) / 2) * width
@@ -58,7 +63,7 @@ def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
         )
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(np.arange(len(detectors)), detectors)
-    ax.set_ylabel("average forgetting (image AUROC)")
+    ax.set_ylabel(f"average forgetting ({label})")
     ax.set_title("Forgetting per strategy (mean ± std over seeds)")
     ax.legend(fontsize=8)
     produced.append(save(fig, folder / "forgetting.png"))
@@ -66,10 +71,10 @@ def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
     for detector in detectors:
         best = [r for r in finished if r.detector == detector and r.best]
         for row in best:
-            matrix = row.mean_matrix("image_auroc")
+            matrix = row.mean_matrix(main)
             assert matrix is not None  # a finished row has records
             title = (
-                f"{detector}: {row.strategy}, highest test image AUROC (descriptive; mean of "
+                f"{detector}: {row.strategy}, highest test {label} (descriptive; mean of "
                 f"{len(row.records)} seeds)"
             )
             suffix = f"_{row.run_name}" if len(best) > 1 else ""
@@ -80,7 +85,7 @@ def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True, layout="constrained")
     markers = "osD^v<>px*"
     for row in finished:
-        quality = row.stat(RANK_KEY)
+        quality = row.stat(metrics.rank_key)
         time_stat = row.stat("cost/total_train_seconds")
         size = row.values("cost/total_mb")  # [S]: trainable + pretrained + memory
         size_mean = float(np.nanmean(size)) if size.size else math.nan
@@ -98,7 +103,7 @@ def write_plots(rows: Sequence[Row], folder: Path) -> list[Path]:
     axes[0].set_xscale("log")
     axes[0].set_xlabel("training time over the stream (s, log)")
     axes[1].set_xlabel("trainable + pretrained weights + stored memory after the last task (MB)")
-    axes[0].set_ylabel("final average image AUROC")
+    axes[0].set_ylabel(f"final average {label}")
     handles = [plt.Line2D([], [], color=colours[s], marker="o", ls="", label=s) for s in strategies]
     handles += [
         plt.Line2D([], [], color="grey", marker=markers[i % len(markers)], ls="", label=d)
@@ -127,8 +132,14 @@ def seen_average(matrix: np.ndarray, joint: bool) -> np.ndarray:
         return np.array([np.nanmean(matrix[t, : n if joint else t + 1]) for t in range(n)])
 
 
-def strategy_curves(detector: str, group: Sequence[Row], path: Path) -> Path:
-    """Every strategy of one detector on one axis: the average image AUROC over the tasks seen
+def strategy_curves(
+    detector: str,
+    group: Sequence[Row],
+    path: Path,
+    metric: str = "image_auroc",
+    metric_label: str = "image AUROC",
+) -> Path:
+    """Every strategy of one detector on one axis: the average ``metric`` over the tasks seen
     after each step (mean ± std over seeds); the joint bound (every task seen from the start)
     dashed."""
     import matplotlib.pyplot as plt
@@ -142,7 +153,7 @@ def strategy_curves(detector: str, group: Sequence[Row], path: Path) -> Path:
         joint = is_joint(row)
         curves = np.array(
             [
-                seen_average(np.array(r["matrices"]["image_auroc"], dtype=float), joint)
+                seen_average(np.array(r["matrices"][metric], dtype=float), joint)
                 for r in row.records.values()
             ]
         )  # [S, T]
@@ -158,7 +169,7 @@ def strategy_curves(detector: str, group: Sequence[Row], path: Path) -> Path:
         ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15, lw=0)
     ax.set_xticks(steps, names, rotation=45, ha="right", fontsize=8)
     ax.set_xlabel("after training task")
-    ax.set_ylabel("average image AUROC over the tasks seen")
+    ax.set_ylabel(f"average {metric_label} over the tasks seen")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -180,8 +191,13 @@ def task_forgetting(matrix: np.ndarray, joint: bool) -> np.ndarray:
     return out
 
 
-def forgetting_heatmap(rows: Sequence[Row], path: Path) -> Path:
-    """Tasks x configurations: each task's forgetting of image AUROC after the last step
+def forgetting_heatmap(
+    rows: Sequence[Row],
+    path: Path,
+    metric: str = "image_auroc",
+    metric_label: str = "image AUROC",
+) -> Path:
+    """Tasks x configurations: each task's forgetting of ``metric`` after the last step
     (``task_forgetting``), mean over seeds; positive = forgotten."""
     from clad.tracking.plots import matrix_heatmap
 
@@ -193,7 +209,7 @@ def forgetting_heatmap(rows: Sequence[Row], path: Path) -> Path:
         joint = is_joint(row)
         stack = np.array(
             [
-                task_forgetting(np.array(r["matrices"]["image_auroc"], dtype=float), joint)
+                task_forgetting(np.array(r["matrices"][metric], dtype=float), joint)
                 for r in row.records.values()
             ]
         )  # [S, T]
@@ -209,7 +225,8 @@ def forgetting_heatmap(rows: Sequence[Row], path: Path) -> Path:
     return matrix_heatmap(
         matrix,
         names[:-1],
-        "forgetting of image AUROC per task after the last step (mean over seeds; + = forgotten)",
+        f"forgetting of {metric_label} per task after the last step (mean over seeds; "
+        "+ = forgotten)",
         path,
         columns=columns,
         learned=[0] * len(columns),

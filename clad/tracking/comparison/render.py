@@ -12,18 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from clad.tracking.comparison.published import CLAD_PUBLISHED, clad_text
-from clad.tracking.comparison.rows import Row
+from clad.tracking.comparison.rows import IMAGE_METRICS, MetricSet, Row, metric_set
 from clad.tracking.comparison.statistics import MIN_PAIRED_SEEDS, Pair
 from clad.tracking.text import fixed, latex_table, signed
 
-# (key, column label, kind): kind picks the number format
+# (key, column label, kind): kind picks the number format; the quality columns of machine-sound
+# sweeps are ``AUDIO_METRICS.quality`` (``clad.tracking.comparison.rows``)
 TABLE_METRICS: tuple[tuple[str, str, str], ...] = (
-    ("final_avg/image_auroc", "image AUROC", "score"),
-    ("final_avg/pixel_auroc", "pixel AUROC", "score"),
-    ("final_avg/pixel_aupro", "AUPRO", "score"),
-    ("final_avg/pixel_f1_val", "pixel F1 (val thr.)", "score"),
-    ("forgetting/image_auroc", "forgetting (image AUROC)", "score"),
-    ("bwt/image_auroc", "BWT (image AUROC)", "score"),
+    *IMAGE_METRICS.quality,
     ("cost/total_train_seconds", "train time", "seconds"),
     ("cost/trainable_mb", "trainable MB", "mb"),
     ("cost/pretrained_mb", "pretrained MB", "mb"),
@@ -67,16 +63,19 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     best: list[bool]
+    bold: str | None = None  # the column whose value is bold in the best rows (Markdown)
 
 
 def main_table(rows: Sequence[Row]) -> Table:
     """The results: final averages, forgetting, BWT, the gap to joint training and CLAD's
-    published numbers, one row per configuration (the costs are ``cost_table``)."""
+    published numbers, one row per configuration (the costs are ``cost_table``); machine-sound
+    sweeps get their own quality columns (``metric_set``)."""
+    metrics = metric_set(rows)
     has_axes = any(r.axes for r in rows)
     has_joint = any(math.isfinite(r.gap_to_joint) for r in rows)
     has_clad = any(clad_text(r) for r in rows)
     header = ["detector", "strategy"] + (["axes"] if has_axes else []) + ["seeds"]
-    header += [label for _, label, _ in QUALITY_METRICS]
+    header += [label for _, label, _ in metrics.quality]
     header += ["gap to joint"] if has_joint else []
     header += ["CLAD published (img/pix/PRO/forg.)"] if has_clad else []
     lines = []
@@ -84,14 +83,14 @@ def main_table(rows: Sequence[Row]) -> Table:
         cells = [row.detector, row.strategy + (" ★" if row.best else "")]
         cells += [row.axes_text()] if has_axes else []
         cells.append(row.state_text())
-        for key, _, kind in QUALITY_METRICS:
+        for key, _, kind in metrics.quality:
             mean, std, _ = row.stat(key)
             cells.append(fmt_stat(mean, std, kind) if row.records else "—")
         if has_joint:
             cells.append(fmt_number(row.gap_to_joint, "score") if row.records else "—")
         cells += [clad_text(row)] if has_clad else []
         lines.append(cells)
-    return Table(header, lines, [r.best for r in rows])
+    return Table(header, lines, [r.best for r in rows], bold=metrics.label)
 
 
 def cost_table(rows: Sequence[Row]) -> Table:
@@ -109,11 +108,14 @@ def cost_table(rows: Sequence[Row]) -> Table:
     return Table(header, lines, [False] * len(rows))
 
 
-FORGETTING_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("forgetting/image_auroc", "Chaudhry (image AUROC)"),
-    ("forgetting_pyclad/image_auroc", "pyCLAD (image AUROC)"),
-    ("forgetting_joint_gap/image_auroc", "gap to joint (image AUROC)"),
-    ("rel_forgetting/pixel_f1_val", "CLAD relative (pixel F1)"),
+FORGETTING_COLUMNS: tuple[tuple[str, str], ...] = IMAGE_METRICS.forgetting
+AUDIO_FORGETTING_NOTE = (
+    "Forgetting, as each paper defines it, from the same AUC matrices: Chaudhry et al. 2018, "
+    "the drop from the best value since a machine type was learned; pyCLAD's ForgettingMeasure "
+    "as released, which also averages the task just learned against its values before it was "
+    "learned; the gap to joint training, the same detector's multi_task final average minus "
+    "this row's (ReplayCAD's FM). Positive = forgetting for all three; numbers under one name "
+    "are not comparable with another's."
 )
 FORGETTING_NOTE = (
     "Forgetting, as each paper defines it, from the same matrices: Chaudhry et al. 2018, the "
@@ -128,12 +130,13 @@ FORGETTING_NOTE = (
 
 def forgetting_table(rows: Sequence[Row]) -> Table:
     """Every forgetting definition per row (mean ± std over seeds; the joint gap is between
-    means)."""
-    header = ["detector", "strategy", *(label for _, label in FORGETTING_COLUMNS)]
+    means), of image AUROC or, for machine sounds, of AUC."""
+    columns = metric_set(rows).forgetting
+    header = ["detector", "strategy", *(label for _, label in columns)]
     lines = []
     for row in rows:
         cells = [row.detector, row.strategy]
-        for key, _ in FORGETTING_COLUMNS:
+        for key, _ in columns:
             if not row.records:
                 cells.append("—")
             elif key.startswith("forgetting_joint_gap/"):
@@ -150,7 +153,7 @@ def markdown_table(table: Table) -> list[str]:
         "| " + " | ".join(table.header) + " |",
         "|" + "|".join("---" if i < 2 else "---:" for i in range(len(table.header))) + "|",
     ]
-    bold = table.header.index("image AUROC")
+    bold = table.header.index(table.bold) if table.bold in table.header else -1
     for cells, best in zip(table.rows, table.best):
         shown = [f"**{c}**" if best and i == bold else c for i, c in enumerate(cells)]
         lines.append("| " + " | ".join(shown) + " |")
@@ -222,6 +225,8 @@ SETTING_KEYS: tuple[tuple[str, str], ...] = (
     ("dataset.protocol", "protocol"),
     ("dataset.image_size", "image size"),
     ("dataset.crop_size", "crop size"),
+    ("dataset.audio.n_mels", "mel bands"),
+    ("dataset.audio.frames", "frames per clip"),
     ("resolved.training.epochs", "epochs"),
     ("resolved.training.batch_size", "batch size"),
     ("resolved.training.lr", "learning rate"),
@@ -231,6 +236,7 @@ SETTING_KEYS: tuple[tuple[str, str], ...] = (
     ("evaluation.threshold_quantile", "threshold quantile"),
 )
 """The settings a sweep report lists, from each run's ``config.json`` (what ran)."""
+IMAGE_ONLY_SETTINGS = ("dataset.image_size", "dataset.crop_size")
 
 
 def settings_lines(configs: dict[str, dict]) -> list[str]:
@@ -242,6 +248,8 @@ def settings_lines(configs: dict[str, dict]) -> list[str]:
         values: dict[str, list[str]] = {}
         unused = []
         for run_name, config in configs.items():
+            if key in IMAGE_ONLY_SETTINGS and (config.get("dataset") or {}).get("audio"):
+                continue  # a machine-sound run has no image size
             node: Any = config
             for part in key.split("."):
                 node = node.get(part) if isinstance(node, dict) else None
@@ -283,6 +291,8 @@ def plain_markdown(table: Table) -> list[str]:
 def csv_rows(rows: Sequence[Row]) -> tuple[list[str], list[list[Any]]]:
     """One row per configuration: identity, seeds, best flag, mean/std/n of every table metric,
     the gap to the joint bound and CLAD's published values where it reports the pair."""
+    metrics = metric_set(rows)
+    keys = [*metrics.quality, *COST_METRICS]
     header = [
         "run_name",
         "detector",
@@ -293,10 +303,10 @@ def csv_rows(rows: Sequence[Row]) -> tuple[list[str], list[list[Any]]]:
         "state",
         "best",
     ]
-    for key, _, _ in TABLE_METRICS:
+    for key, _, _ in keys:
         header += [f"{key}:mean", f"{key}:std", f"{key}:n"]
     header += [
-        "gap_to_joint/image_auroc",
+        f"gap_to_joint/{metrics.main}",
         "clad_image_auroc",
         "clad_pixel_auroc",
         "clad_aupro",
@@ -314,7 +324,7 @@ def csv_rows(rows: Sequence[Row]) -> tuple[list[str], list[list[Any]]]:
             row.state_text(),
             int(row.best),
         ]
-        for key, _, _ in TABLE_METRICS:
+        for key, _, _ in keys:
             mean, std, n = row.stat(key)
             line += [mean, std, n]
         published = CLAD_PUBLISHED.get((row.detector, row.strategy), {})
@@ -372,6 +382,7 @@ def render_html(
     forgetting: Table | None = None,
     costs: Table | None = None,
     settings: Sequence[str] = (),
+    forgetting_note: str = FORGETTING_NOTE,
 ) -> str:
     """One self-contained page: inline CSS, tables, plots as base64 PNG data URIs."""
     parts = [
@@ -395,7 +406,7 @@ def render_html(
     if forgetting is not None:
         parts.append("<h2>Forgetting, as each paper defines it</h2>")
         parts.append(_html_table(forgetting))
-        parts.append(f'<p class="notes">{html.escape(FORGETTING_NOTE)}</p>')
+        parts.append(f'<p class="notes">{html.escape(forgetting_note)}</p>')
     if incomplete:
         parts.append(
             "<h2>Incomplete runs</h2><ul>"
@@ -443,3 +454,29 @@ NOTES = [
     "centroids, replay images at one byte per value); training time over the whole stream; "
     "peak MB = peak resident (CPU) or CUDA memory.",
 ]
+
+AUDIO_NOTES = [
+    "Values: mean ± sample std (ddof 1) over the seeds whose run finished every task; `seeds` "
+    "counts finished / expected runs (unfinished ones by state). Machine types are the tasks; "
+    "AUC, pAUC (FPR ≤ 0.1, McClish-standardised as the DCASE evaluators compute it) and hmean "
+    "(per machine type, the harmonic mean over its sections of AUC_source, AUC_target and pAUC, "
+    "or of AUC and pAUC without domains) are final averages over the machine types after the "
+    "last task; official score = DCASE 2021/2022's one harmonic mean over every machine type, "
+    "section and domain (n/a without domains); forgetting is Chaudhry et al.'s average "
+    "forgetting and BWT the GEM backward transfer, both of AUC (clad.metrics.audio).",
+    "★ per detector: the highest mean final *test* AUC among continual strategies, chosen on "
+    "test results: a description of the table, not a model selection. The reference bounds "
+    "multi_task (joint), cumulative and single_model are not ranked. Gap to joint = final AUC "
+    "minus the same detector's multi_task value.",
+    NOTES[2],
+]
+
+
+def notes_for(metrics: MetricSet) -> list[str]:
+    """The table notes of an image sweep (``NOTES``) or a machine-sound one (``AUDIO_NOTES``)."""
+    return list(NOTES if metrics is IMAGE_METRICS else AUDIO_NOTES)
+
+
+def forgetting_note_for(metrics: MetricSet) -> str:
+    """The forgetting table's note: ``FORGETTING_NOTE``, or ``AUDIO_FORGETTING_NOTE``."""
+    return FORGETTING_NOTE if metrics is IMAGE_METRICS else AUDIO_FORGETTING_NOTE

@@ -25,15 +25,85 @@ SELECTION_KEY = "selection/score"
 finished run of a sweep has it, the best marks choose by it instead of by test results."""
 
 
+@dataclass(frozen=True)
+class MetricSet:
+    """What a report ranks, tabulates and plots: the image metrics, or the machine-sound ones
+    (``clad.metrics.audio``: AUC, pAUC and harmonic means per machine type)."""
+
+    main: str
+    """The matrix of the ranking, the gap to joint, the curves, heatmaps and forgetting plots."""
+    label: str
+    """``main``'s name in tables and on axes."""
+    quality: tuple[tuple[str, str, str], ...]
+    """The results table's columns: (summary key, label, number format)."""
+    pairs: tuple[str, ...]
+    """Summary keys of the paired strategy comparisons."""
+    forgetting: tuple[tuple[str, str], ...]
+    """The forgetting table's columns: (key, label)."""
+
+    @property
+    def rank_key(self) -> str:
+        return f"final_avg/{self.main}"
+
+
+IMAGE_METRICS = MetricSet(
+    main="image_auroc",
+    label="image AUROC",
+    quality=(
+        ("final_avg/image_auroc", "image AUROC", "score"),
+        ("final_avg/pixel_auroc", "pixel AUROC", "score"),
+        ("final_avg/pixel_aupro", "AUPRO", "score"),
+        ("final_avg/pixel_f1_val", "pixel F1 (val thr.)", "score"),
+        ("forgetting/image_auroc", "forgetting (image AUROC)", "score"),
+        ("bwt/image_auroc", "BWT (image AUROC)", "score"),
+    ),
+    pairs=("final_avg/image_auroc", "final_avg/pixel_auroc", "forgetting/image_auroc"),
+    forgetting=(
+        ("forgetting/image_auroc", "Chaudhry (image AUROC)"),
+        ("forgetting_pyclad/image_auroc", "pyCLAD (image AUROC)"),
+        ("forgetting_joint_gap/image_auroc", "gap to joint (image AUROC)"),
+        ("rel_forgetting/pixel_f1_val", "CLAD relative (pixel F1)"),
+    ),
+)
+AUDIO_METRICS = MetricSet(
+    main="auc",
+    label="AUC",
+    quality=(
+        ("final_avg/auc", "AUC", "score"),
+        ("final_avg/pauc", "pAUC", "score"),
+        ("final_avg/hmean", "hmean", "score"),
+        ("official/hmean", "official score", "score"),
+        ("forgetting/auc", "forgetting (AUC)", "score"),
+        ("bwt/auc", "BWT (AUC)", "score"),
+    ),
+    pairs=("final_avg/auc", "final_avg/pauc", "forgetting/auc"),
+    forgetting=(
+        ("forgetting/auc", "Chaudhry (AUC)"),
+        ("forgetting_pyclad/auc", "pyCLAD (AUC)"),
+        ("forgetting_joint_gap/auc", "gap to joint (AUC)"),
+    ),
+)
+
+
+def metric_set(rows: Sequence[Row]) -> MetricSet:
+    """``AUDIO_METRICS`` when the finished runs are machine-sound runs (their matrices hold
+    ``auc`` and no ``image_auroc``), else ``IMAGE_METRICS``."""
+    matrices = [record["matrices"] for r in rows for record in r.records.values()]
+    if matrices and all("auc" in m and "image_auroc" not in m for m in matrices):
+        return AUDIO_METRICS
+    return IMAGE_METRICS
+
+
 def ranking_key(rows: Sequence[Row]) -> str:
-    """``SELECTION_KEY`` when every finished row's records hold it, else ``RANK_KEY`` (test
-    results: the marks are then descriptive, not a model selection)."""
+    """``SELECTION_KEY`` when every finished row's records hold it, else the final average of
+    the main metric (``RANK_KEY`` for images, ``final_avg/auc`` for machine sounds: test
+    results, so the marks are then descriptive, not a model selection)."""
     finished = [r for r in rows if r.records]
     if finished and all(
         all(SELECTION_KEY in record["summary"] for record in r.records.values()) for r in finished
     ):
         return SELECTION_KEY
-    return RANK_KEY
+    return metric_set(rows).rank_key
 
 
 @dataclass
@@ -178,7 +248,8 @@ def load_rows(folder: Path) -> tuple[dict[str, Any], list[Row]]:
 
 def _mark_best(rows: Sequence[Row]) -> None:
     """Per detector (and other axes), the row with the highest mean ``ranking_key`` (the final
-    test image AUROC unless the runs record a validation-based score) among continual
+    test image AUROC, or AUC for machine sounds, unless the runs record a validation-based
+    score) among continual
     strategies (reference bounds only when nothing else finished)."""
     key = ranking_key(rows)
     groups: dict[tuple[str, str], list[Row]] = {}
@@ -202,11 +273,12 @@ def _mark_best(rows: Sequence[Row]) -> None:
 def _gap_to_joint(rows: Sequence[Row]) -> None:
     """Each row against its detector's joint row (same other axes): ``gap_to_joint`` on the
     ranking metric, ``A - A_joint``, and ``joint_gaps`` per metric, ``A_joint - A``."""
+    key = metric_set(rows).rank_key
     joint = {(r.detector, r.axes_text()): r for r in rows if r.strategy == JOINT and r.records}
     for row in rows:
         reference = joint.get((row.detector, row.axes_text()))
         if reference is not None and row.records:
-            row.gap_to_joint = row.stat(RANK_KEY)[0] - reference.stat(RANK_KEY)[0]
+            row.gap_to_joint = row.stat(key)[0] - reference.stat(key)[0]
             for record in row.records.values():
                 for key in record["summary"]:
                     if key.startswith("final_avg/"):

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clad.tracking.comparison.rows import Row
+from clad.tracking.comparison.rows import IMAGE_METRICS, Row, metric_set
 from clad.tracking.report import record_values
 
-PAIR_METRICS = ("final_avg/image_auroc", "final_avg/pixel_auroc", "forgetting/image_auroc")
+PAIR_METRICS = IMAGE_METRICS.pairs
 MIN_PAIRED_SEEDS = 3
 
 
@@ -63,8 +63,12 @@ def paired_bootstrap(
     return mean, float(low), float(high)
 
 
-def strategy_pairs(rows: Sequence[Row], metrics: Sequence[str] = PAIR_METRICS) -> list[Pair]:
-    """Every pair of strategies of one detector (same other axes), on the seeds both finished."""
+def strategy_pairs(rows: Sequence[Row], metrics: Sequence[str] | None = None) -> list[Pair]:
+    """Every pair of strategies of one detector (same other axes), on the seeds both finished,
+    on ``metrics`` (by default the sweep's: ``PAIR_METRICS`` for images, AUC, pAUC and AUC
+    forgetting for machine sounds)."""
+    if metrics is None:
+        metrics = metric_set(rows).pairs
     pairs = []
     groups: dict[tuple[str, str], list[Row]] = {}
     for row in rows:

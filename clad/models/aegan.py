@@ -304,9 +304,12 @@ class AEGAN(TrainedDetector):
         score: the scoring variant (``SCORE_NAMES``).
         lof_neighbors, knn_neighbors: k of the LOF and KNN embedding scores (capped by the number
             of training clips).
-        maps: whether ``predict`` returns the generator's error map (``Scores.pixel``: overlay
-            curves). With a ``D-`` score it costs a generator pass per window, twice the critic
-            pass the score needs; False returns no map (None) and runs only what the score needs.
+        maps: whether ``predict`` returns the generator's error map (``Scores.pixel``: the
+            overlays; audio has no pixel metrics). With a ``G-`` score it averages the squared
+            error of every scored window; with a ``D-`` score, of the windows that tile the clip
+            (one every ``patch_frames`` frames and one ending at the last frame), so the map
+            costs a few generator passes per clip, not one per window (twice the critic's
+            cost). False returns no map (None). The scores are the same either way.
         training: ``Training`` (``batch_size`` counts clips, ``lr`` is both networks'); by
             default 60 epochs at lr 2e-4, batch 16, early stopping after 10 epochs, float32
             (the critic's gradient penalty differentiates twice).
@@ -394,10 +397,11 @@ class AEGAN(TrainedDetector):
             )
         return x.to(self.device, torch.float32).mean(dim=1) * 2.0 - 1.0
 
-    def _offsets(self, frames: int) -> Tensor:
-        """Window starts every ``patch_hop`` frames, plus one ending at the last frame."""
+    def _offsets(self, frames: int, hop: int | None = None) -> Tensor:
+        """Window starts every ``hop`` (default ``patch_hop``) frames, plus one ending at the
+        last frame."""
         last = frames - self.patch_frames
-        starts = list(range(0, last + 1, self.patch_hop))
+        starts = list(range(0, last + 1, hop or self.patch_hop))
         if starts[-1] != last:
             starts.append(last)
         return torch.tensor(starts, device=self.device)
@@ -530,10 +534,13 @@ class AEGAN(TrainedDetector):
         count = len(offsets)
         spaces = {name.split("-")[1] for name in names if name.startswith("G-")}
         embed = any(name.startswith("D-") for name in names)
-        reconstruct = bool(spaces) or with_map
+        reconstruct = bool(spaces)
         windows = spec.unfold(2, self.patch_frames, 1)  # [B, H, T - W + 1, W], a view
         columns = torch.arange(self.patch_frames, device=spec.device)
-        summed = torch.zeros_like(spec) if with_map else None
+        # the map from the windows G runs on anyway; without a G- score, from the windows that
+        # tile the clip (every patch_frames frames and one ending at the last frame): the map
+        # is for display only, and every window would cost twice the critic's pass
+        summed = torch.zeros_like(spec) if with_map and reconstruct else None
         parts: dict[str, list[Tensor]] = {}
         for flat in torch.arange(batch * count, device=spec.device).split(PATCH_CHUNK):
             clip, start = flat // count, offsets[flat % count]  # [n], [n]
@@ -562,6 +569,18 @@ class AEGAN(TrainedDetector):
         out = {k: torch.cat(v).reshape(batch, count, *v[0].shape[1:]) for k, v in parts.items()}
         if "feature" in out:
             out["embedding"] = out.pop("feature").mean(1)  # [B, C]
+        if with_map and summed is None:
+            offsets = self._offsets(frames, self.patch_frames)
+            summed = torch.zeros_like(spec)
+            for flat in torch.arange(batch * len(offsets), device=spec.device).split(PATCH_CHUNK):
+                clip, start = flat // len(offsets), offsets[flat % len(offsets)]
+                chunk = windows[clip, :, start][:, None]  # [n, 1, H, W]
+                with phase("features"):
+                    recon = self.generator.decoder(self.generator.encoder(chunk))
+                index = (start[:, None] + columns)[:, None, :]  # [n, 1, W]
+                rows = torch.arange(height, device=spec.device)[None, :, None]
+                error = (recon - chunk).square()[:, 0]  # [n, H, W]
+                summed.index_put_((clip[:, None, None], rows, index), error, accumulate=True)
         if summed is not None:
             cover = torch.zeros(frames, device=spec.device)
             cover.index_put_(((offsets[:, None] + columns).flatten(),), torch.ones(()), True)

@@ -24,6 +24,7 @@ from clad.tracking.comparison import (
     strategy_pairs,
     write_comparison_report,
 )
+from clad.tracking.comparison.render import fmt_number
 
 TASKS = ["stripes", "disc", "nut"]
 
@@ -490,3 +491,47 @@ def test_a_machine_sound_sweep_reports_auc_pauc_and_hmean(tmp_path):
     assert {"curves_aegan.png", "curves_dcase_ae.png", "heatmap_aegan.png"} <= plots
     assert final_message(records["aegan_replay"]["summary"]).startswith("final avg AUC 0.")
     assert final_message({"final_avg/image_auroc": 0.9}) == "final avg image AUROC 0.900"
+
+
+def test_routing_methods_get_a_routing_table_with_their_oracle_scores(tmp_path):
+    """Runs that route (``routing/accuracy`` in their summary) are tabled with their routed
+    and oracle-routed final average and forgetting; runs that do not route are left out."""
+    folder = tmp_path / "routing"
+    cells = []
+    for detector, strategy in (("patchcore", "cl"), ("stfpm", "replay")):
+        for seed in range(2):
+            record = write_run(folder, detector, strategy, seed, 0.9 - 0.02 * seed)
+            if detector == "patchcore":
+                record["summary"]["routing/accuracy"] = 0.75 + 0.1 * seed
+                record["summary"]["oracle/final_avg/image_auroc"] = 0.95
+                record["summary"]["oracle/forgetting/image_auroc"] = 0.01
+                path = folder / f"{detector}_{strategy}" / f"seed_{seed}" / "metrics.json"
+                path.write_text(json.dumps(record))
+            cells.append(
+                {
+                    "run_name": f"{detector}_{strategy}",
+                    "seed": seed,
+                    "detector": detector,
+                    "strategy": strategy,
+                    "axes": {"detector.name": detector, "seed": seed},
+                    "error": None,
+                }
+            )
+    (folder / "sweep.json").write_text(json.dumps({"name": "routing", "cells": cells}))
+    paths = write_comparison_report(folder)
+    md = paths["md"].read_text()
+    section = md.split("## Routing", 1)[1]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| detector | strategy | routing accuracy |")
+    assert len(lines) == 2 and lines[1].startswith("| patchcore | cl | 0.800 ± 0.071 |")
+    finals = [
+        r["summary"]["final_avg/image_auroc"] for r in records_of(folder, "patchcore_cl", range(2))
+    ]
+    assert fmt_number(float(np.mean(finals)) - 0.95, "score") in lines[1]
+    assert "<h2>Routing</h2>" in paths["html"].read_text()
+
+
+def test_a_sweep_without_routing_has_no_routing_section(sweep_folder):
+    paths = write_comparison_report(sweep_folder)
+    assert "## Routing" not in paths["md"].read_text()
+    assert "<h2>Routing</h2>" not in paths["html"].read_text()

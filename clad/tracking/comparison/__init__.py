@@ -31,6 +31,7 @@ from pathlib import Path
 from clad.tracking.comparison.figures import write_plots
 from clad.tracking.comparison.published import CLAD_NOTE, CLAD_PUBLISHED, clad_text
 from clad.tracking.comparison.render import (
+    ROUTING_NOTE,
     context_lines,
     cost_table,
     csv_rows,
@@ -44,6 +45,7 @@ from clad.tracking.comparison.render import (
     pairs_table,
     plain_markdown,
     render_html,
+    routing_table,
     settings_lines,
 )
 from clad.tracking.comparison.rows import Row, is_sweep_folder, load_rows, metric_set
@@ -101,6 +103,9 @@ def write_comparison_report(folder: Path) -> dict[str, Path]:
     md += ["## Forgetting, as each paper defines it", ""]
     md += plain_markdown(forgetting)
     md += ["", forgetting_note_for(metrics), ""]
+    routing = routing_table(rows)
+    if routing is not None:
+        md += ["## Routing", "", *plain_markdown(routing), "", ROUTING_NOTE, ""]
     if incomplete:
         md += ["## Incomplete runs", "", *[f"- {line}" for line in incomplete], ""]
     if pairs:
@@ -138,6 +143,7 @@ def write_comparison_report(folder: Path) -> dict[str, Path]:
         costs,
         settings,
         forgetting_note_for(metrics),
+        routing,
     )
     atomic_write(paths["html"], lambda h: h.write(page.encode()))
     caption = (

@@ -148,6 +148,54 @@ def forgetting_table(rows: Sequence[Row]) -> Table:
     return Table(header, lines, [False] * len(rows))
 
 
+ROUTING_NOTE = (
+    "Routing: methods that keep one part per task (PatchCore and DNE `cl` per_task, UCAD) "
+    "choose a part for each test image. Routing accuracy = after the last task, the share of "
+    "each learnt task's test images sent to that task's part, averaged over tasks; oracle = "
+    "the same final average and forgetting with each image given its own task's part. Routed minus "
+    "oracle is what wrong routing costs; the oracle's forgetting is what is left when "
+    "routing is perfect (Chaudhry et al.'s average forgetting)."
+)
+
+
+def routing_table(rows: Sequence[Row]) -> Table | None:
+    """Routing accuracy and routed against oracle-routed final average and forgetting, for
+    the rows whose runs route (``routing/accuracy`` in their summary); None when none does."""
+    metrics = metric_set(rows)
+    label, primary = metrics.label, metrics.main
+    routed = [r for r in rows if r.records and math.isfinite(r.stat("routing/accuracy")[0])]
+    if not routed:
+        return None
+    header = [
+        "detector",
+        "strategy",
+        "routing accuracy",
+        f"{label} (routed)",
+        f"{label} (oracle)",
+        "routed − oracle",
+        "forgetting (routed)",
+        "forgetting (oracle)",
+    ]
+    lines = []
+    for row in routed:
+        accuracy = row.stat("routing/accuracy")
+        final = row.stat(f"final_avg/{primary}")
+        oracle = row.stat(f"oracle/final_avg/{primary}")
+        lines.append(
+            [
+                row.detector,
+                row.strategy,
+                fmt_stat(*accuracy[:2], "score"),
+                fmt_stat(*final[:2], "score"),
+                fmt_stat(*oracle[:2], "score"),
+                fmt_number(final[0] - oracle[0], "score"),
+                fmt_stat(*row.stat(f"forgetting/{primary}")[:2], "score"),
+                fmt_stat(*row.stat(f"oracle/forgetting/{primary}")[:2], "score"),
+            ]
+        )
+    return Table(header, lines, [False] * len(lines))
+
+
 def markdown_table(table: Table) -> list[str]:
     lines = [
         "| " + " | ".join(table.header) + " |",
@@ -383,6 +431,7 @@ def render_html(
     costs: Table | None = None,
     settings: Sequence[str] = (),
     forgetting_note: str = FORGETTING_NOTE,
+    routing: Table | None = None,
 ) -> str:
     """One self-contained page: inline CSS, tables, plots as base64 PNG data URIs."""
     parts = [
@@ -407,6 +456,10 @@ def render_html(
         parts.append("<h2>Forgetting, as each paper defines it</h2>")
         parts.append(_html_table(forgetting))
         parts.append(f'<p class="notes">{html.escape(forgetting_note)}</p>')
+    if routing is not None:
+        parts.append("<h2>Routing</h2>")
+        parts.append(_html_table(routing))
+        parts.append(f'<p class="notes">{html.escape(ROUTING_NOTE)}</p>')
     if incomplete:
         parts.append(
             "<h2>Incomplete runs</h2><ul>"

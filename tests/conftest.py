@@ -18,6 +18,19 @@ os.environ.setdefault("WANDB_SILENT", "true")
 TINY_CATEGORIES = ["stripes", "disc", "nut"]
 
 
+def tiny_dataset(root, categories=TINY_CATEGORIES, **changes) -> dict:
+    """The ``dataset`` block of a run on the tiny synthetic set (``synthetic_root``): 32 px,
+    12 training images and 4 good + 2 per defect test images per category."""
+    return {
+        "name": "synthetic",
+        "root": str(root),
+        "categories": list(categories),
+        "image_size": 32,
+        "synthetic": {"image_size": 32, "n_train": 12, "n_test_good": 4, "n_test_per_defect": 2},
+        **changes,
+    }
+
+
 def pytest_configure(config):
     import torch
 
@@ -55,18 +68,7 @@ def tiny_config(tmp_path, synthetic_root) -> Path:
     """A fast run config on the tiny synthetic set (conv AE, replay, 2 epochs, no W&B)."""
     config = {
         "run_name": "tiny",
-        "dataset": {
-            "name": "synthetic",
-            "root": str(synthetic_root),
-            "categories": TINY_CATEGORIES,
-            "image_size": 32,
-            "synthetic": {
-                "image_size": 32,
-                "n_train": 12,
-                "n_test_good": 4,
-                "n_test_per_defect": 2,
-            },
-        },
+        "dataset": tiny_dataset(synthetic_root),
         "detector": {"name": "conv_ae"},
         "strategy": {"name": "replay", "mem_size": 6},
         "training": {"epochs": 2, "batch_size": 8, "device": "cpu"},

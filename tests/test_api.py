@@ -13,26 +13,14 @@ import clad
 from clad.cli import main
 from clad.config import load_config
 from clad.errors import ConfigError
-from tests.conftest import TINY_CATEGORIES
+from tests.conftest import TINY_CATEGORIES, tiny_dataset
 from tests.paths import REPO
 
 
 def config(tmp_path, synthetic_root, **dataset) -> dict:
     return {
         "run_name": "api",
-        "dataset": {
-            "name": "synthetic",
-            "root": str(synthetic_root),
-            "categories": TINY_CATEGORIES,
-            "image_size": 32,
-            "synthetic": {
-                "image_size": 32,
-                "n_train": 12,
-                "n_test_good": 4,
-                "n_test_per_defect": 2,
-            },
-            **dataset,
-        },
+        "dataset": tiny_dataset(synthetic_root, **dataset),
         "detector": {"name": "patchcore", "weights": "none", "backbone": "resnet18"},
         "strategy": {"name": "cl", "mem_size_cl": 300},
         "training": {"batch_size": 8, "device": "cpu"},

@@ -14,7 +14,7 @@ import clad
 from clad.config import load_config
 from clad.errors import ConfigError
 from clad.testing import check_detector
-from tests.conftest import TINY_CATEGORIES
+from tests.conftest import TINY_CATEGORIES, tiny_dataset
 from tests.paths import REPO
 
 PLUGIN_SRC = REPO / "examples" / "plugin" / "src"
@@ -45,18 +45,7 @@ def plugin_installed(tmp_path, monkeypatch, plugin_on_path):
 def tiny(tmp_path, synthetic_root, detector: dict) -> dict:
     return {
         "run_name": "plugin",
-        "dataset": {
-            "name": "synthetic",
-            "root": str(synthetic_root),
-            "categories": TINY_CATEGORIES[:2],
-            "image_size": 32,
-            "synthetic": {
-                "image_size": 32,
-                "n_train": 12,
-                "n_test_good": 4,
-                "n_test_per_defect": 2,
-            },
-        },
+        "dataset": tiny_dataset(synthetic_root, TINY_CATEGORIES[:2]),
         "detector": detector,
         "strategy": {"name": "replay", "mem_size": 4},
         "training": {"batch_size": 8, "device": "cpu"},

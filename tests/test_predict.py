@@ -25,7 +25,7 @@ from clad.predict import (
     predict_folder,
 )
 from clad.tracking import files
-from tests.conftest import TINY_CATEGORIES
+from tests.conftest import tiny_dataset
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +36,7 @@ def run_folder(tmp_path_factory, synthetic_root) -> Path:
     out = tmp_path_factory.mktemp("predict")
     config = {
         "run_name": "tiny",
-        "dataset": {
-            "name": "synthetic",
-            "root": str(synthetic_root),
-            "categories": TINY_CATEGORIES,
-            "image_size": 32,
-            "synthetic": {
-                "image_size": 32,
-                "n_train": 12,
-                "n_test_good": 4,
-                "n_test_per_defect": 2,
-            },
-        },
+        "dataset": tiny_dataset(synthetic_root),
         "detector": {"name": "conv_ae"},
         "strategy": {"name": "replay", "mem_size": 6},
         "training": {"epochs": 1, "batch_size": 8, "device": "cpu"},

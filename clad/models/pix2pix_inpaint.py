@@ -76,7 +76,7 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
 from torch import Tensor
 
 from clad.models.base import TrainedDetector, Training
-from clad.models.components.arguments import Probability, check_side
+from clad.models.components.arguments import Probability, check_blur, check_side
 from clad.models.components.pix2pix import (
     MASKS_PER_GRID,
     Pix2Pix,
@@ -165,13 +165,7 @@ class Pix2PixInpaint(TrainedDetector):
                     f"k_values: a cell size of {k} px does not divide the {height}x{width} "
                     "images; use divisors of both sides"
                 )
-        radius = int(4 * arguments["smoothing_sigma"] + 0.5)
-        if radius >= min(height, width):
-            raise ValueError(
-                f"smoothing_sigma: {arguments['smoothing_sigma']} blurs over {radius} px, more "
-                f"than the {height}x{width} images allow; use at most "
-                f"{(min(height, width) - 1) / 4:.2f}"
-            )
+        check_blur(arguments["smoothing_sigma"], input_size)
 
     def _check_size(self, x: Tensor) -> None:
         self.check_arguments(

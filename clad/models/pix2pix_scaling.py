@@ -68,7 +68,7 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
 from torch import Tensor
 
 from clad.models.base import TrainedDetector, Training
-from clad.models.components.arguments import Probability, check_side
+from clad.models.components.arguments import Probability, check_blur, check_side
 from clad.models.components.pix2pix import (
     Pix2Pix,
     discriminator_min_side,
@@ -151,13 +151,7 @@ class Pix2PixScaling(TrainedDetector):
                 "(the network would learn the identity); use a side below both "
                 f"(CLAD: 32 at 256 px, i.e. {max(1, min(height, width) // 8)} here)"
             )
-        radius = int(4 * arguments["smoothing_sigma"] + 0.5)
-        if radius >= min(height, width):
-            raise ValueError(
-                f"smoothing_sigma: {arguments['smoothing_sigma']} blurs over {radius} px, more "
-                f"than the {height}x{width} images allow; use at most "
-                f"{(min(height, width) - 1) / 4:.2f}"
-            )
+        check_blur(arguments["smoothing_sigma"], input_size)
 
     def _check_size(self, x: Tensor) -> None:
         self.check_arguments(

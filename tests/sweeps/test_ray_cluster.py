@@ -30,6 +30,7 @@ import pytest
 
 from clad.cli import main
 from clad.tracking.run_folders import disk_state
+from tests.conftest import tiny_dataset
 from tests.paths import REPO
 
 pytestmark = pytest.mark.slow
@@ -78,18 +79,7 @@ def write_json(path: Path, data: dict) -> Path:
 def sweep_file(folder: Path, synthetic_root: Path, gate: Path) -> Path:
     base = {
         "run_name": "base",
-        "dataset": {
-            "name": "synthetic",
-            "root": str(synthetic_root),
-            "categories": ["stripes", "disc"],
-            "image_size": 32,
-            "synthetic": {
-                "image_size": 32,
-                "n_train": 12,
-                "n_test_good": 4,
-                "n_test_per_defect": 2,
-            },
-        },
+        "dataset": tiny_dataset(synthetic_root, ["stripes", "disc"]),
         "detector": {"name": GATED, "gate": str(gate)},
         "strategy": {"name": "naive"},
         "training": {"epochs": 1, "batch_size": 8, "device": "cpu"},

@@ -29,6 +29,7 @@ from clad.sweeps import (
     load_sweep_spec,
     run_sweep,
 )
+from tests.conftest import tiny_dataset
 from tests.paths import REPO
 
 ROOT = REPO
@@ -54,18 +55,7 @@ def base_config(tmp_path_factory, synthetic_root) -> Path:
         folder / "base.json",
         {
             "run_name": "base",
-            "dataset": {
-                "name": "synthetic",
-                "root": str(synthetic_root),
-                "categories": ["stripes", "disc"],
-                "image_size": 32,
-                "synthetic": {
-                    "image_size": 32,
-                    "n_train": 12,
-                    "n_test_good": 4,
-                    "n_test_per_defect": 2,
-                },
-            },
+            "dataset": tiny_dataset(synthetic_root, ["stripes", "disc"]),
             "detector": {"name": "conv_ae"},
             "strategy": {"name": "naive"},
             "training": {"epochs": 1, "batch_size": 8, "device": "cpu"},

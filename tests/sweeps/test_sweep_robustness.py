@@ -14,6 +14,7 @@ from clad.cli import main
 from clad.sweeps import CellJob, CellResult, expand, load_sweep_spec, run_cell, run_sweep
 from clad.sweeps.cell import cell_lock
 from clad.tracking.run_folders import ERROR_FILE, RunExistsError, run_lock
+from tests.conftest import tiny_dataset
 
 
 def write_json(path: Path, data: dict) -> Path:
@@ -27,18 +28,7 @@ def sweep_file(tmp_path, synthetic_root) -> Path:
         tmp_path / "base.json",
         {
             "run_name": "base",
-            "dataset": {
-                "name": "synthetic",
-                "root": str(synthetic_root),
-                "categories": ["stripes", "disc"],
-                "image_size": 32,
-                "synthetic": {
-                    "image_size": 32,
-                    "n_train": 12,
-                    "n_test_good": 4,
-                    "n_test_per_defect": 2,
-                },
-            },
+            "dataset": tiny_dataset(synthetic_root, ["stripes", "disc"]),
             "detector": {"name": "conv_ae"},
             "strategy": {"name": "naive"},
             "training": {"epochs": 1, "batch_size": 8, "device": "cpu"},

@@ -53,3 +53,15 @@ def check_side(input_size: tuple[int, int], multiple: int, minimum: int = 1) -> 
             f"input size {height}x{width}: the network needs sides divisible by {multiple}"
             f"{least}; set dataset.image_size (or dataset.crop_size) accordingly"
         )
+
+
+def check_blur(sigma: float, input_size: tuple[int, int]) -> None:
+    """``smoothing_sigma``'s Gaussian (radius ``int(4 sigma + 0.5)``, as ``gaussian_smooth``)
+    fits inside the images."""
+    height, width = input_size
+    radius = int(4 * sigma + 0.5)
+    if radius >= min(height, width):
+        raise ValueError(
+            f"smoothing_sigma: {sigma} blurs over {radius} px, more than the {height}x{width} "
+            f"images allow; use at most {(min(height, width) - 1) / 4:.2f}"
+        )

@@ -48,7 +48,7 @@ then mapped to [-1, 1] for the tanh generator).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
@@ -540,11 +540,24 @@ class AEGAN(TrainedDetector):
         # the map from the windows G runs on anyway; without a G- score, from the windows that
         # tile the clip (every patch_frames frames and one ending at the last frame): the map
         # is for display only, and every window would cost twice the critic's pass
-        summed = torch.zeros_like(spec) if with_map and reconstruct else None
+        summed = torch.zeros_like(spec) if with_map else None
+        rows = torch.arange(height, device=spec.device)[None, :, None]  # [1, H, 1]
+
+        def chunks(starts: Tensor) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+            """(clip [n], start [n], windows [n, 1, H, W]) per chunk of every clip's windows."""
+            for flat in torch.arange(batch * len(starts), device=spec.device).split(PATCH_CHUNK):
+                clip, start = flat // len(starts), starts[flat % len(starts)]
+                yield clip, start, windows[clip, :, start][:, None]
+
+        def add_errors(clip: Tensor, start: Tensor, recon: Tensor, chunk: Tensor) -> None:
+            """Each window's squared error added at its columns of ``summed``."""
+            assert summed is not None
+            index = (start[:, None] + columns)[:, None, :]  # [n, 1, W]
+            error = (recon - chunk).square()[:, 0]  # [n, H, W]
+            summed.index_put_((clip[:, None, None], rows, index), error, accumulate=True)
+
         parts: dict[str, list[Tensor]] = {}
-        for flat in torch.arange(batch * count, device=spec.device).split(PATCH_CHUNK):
-            clip, start = flat // count, offsets[flat % count]  # [n], [n]
-            chunk = windows[clip, :, start][:, None]  # [n, 1, H, W]
+        for clip, start, chunk in chunks(offsets):
             values: dict[str, Tensor] = {}
             with phase("features"):
                 if embed:
@@ -559,28 +572,19 @@ class AEGAN(TrainedDetector):
                     values[f"x-{distance}"] = patch_distance(recon, chunk, distance)
                 if "z" in spaces:
                     values[f"z-{distance}"] = patch_distance(latent_recon, latent, distance)
-            if summed is not None:  # each window's squared error added at its columns
-                index = (start[:, None] + columns)[:, None, :]  # [n, 1, W]
-                rows = torch.arange(height, device=spec.device)[None, :, None]  # [1, H, 1]
-                error = (recon - chunk).square()[:, 0]  # [n, H, W]
-                summed.index_put_((clip[:, None, None], rows, index), error, accumulate=True)
+            if summed is not None and reconstruct:
+                add_errors(clip, start, recon, chunk)
             for key, value in values.items():
                 parts.setdefault(key, []).append(value)
         out = {k: torch.cat(v).reshape(batch, count, *v[0].shape[1:]) for k, v in parts.items()}
         if "feature" in out:
             out["embedding"] = out.pop("feature").mean(1)  # [B, C]
-        if with_map and summed is None:
+        if summed is not None and not reconstruct:
             offsets = self._offsets(frames, self.patch_frames)
-            summed = torch.zeros_like(spec)
-            for flat in torch.arange(batch * len(offsets), device=spec.device).split(PATCH_CHUNK):
-                clip, start = flat // len(offsets), offsets[flat % len(offsets)]
-                chunk = windows[clip, :, start][:, None]  # [n, 1, H, W]
+            for clip, start, chunk in chunks(offsets):
                 with phase("features"):
                     recon = self.generator.decoder(self.generator.encoder(chunk))
-                index = (start[:, None] + columns)[:, None, :]  # [n, 1, W]
-                rows = torch.arange(height, device=spec.device)[None, :, None]
-                error = (recon - chunk).square()[:, 0]  # [n, H, W]
-                summed.index_put_((clip[:, None, None], rows, index), error, accumulate=True)
+                add_errors(clip, start, recon, chunk)
         if summed is not None:
             cover = torch.zeros(frames, device=spec.device)
             cover.index_put_(((offsets[:, None] + columns).flatten(),), torch.ones(()), True)

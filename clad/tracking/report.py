@@ -29,7 +29,7 @@ import numpy as np
 
 from clad.tracking import html
 from clad.tracking.files import atomic_write, read_json, write_csv
-from clad.tracking.text import fixed, latex_table
+from clad.tracking.text import fixed, latex_table, markdown_table
 
 
 def load_seed_records(run_dir: Path) -> list[dict]:
@@ -435,12 +435,12 @@ def write_run_report(folder: Path, plots: bool = True) -> Path:
     history_title = "Training" + ("" if single else f" (seed {seeds[0]})")
 
     md = [f"# {title}", "", *intro, "", "## Settings", "", *[f"- {line}" for line in settings]]
-    md += ["", "## Summary", "", *_markdown(grid_header, grid_rows)]
-    md += ["", "## After the last task", "", *_markdown(final_header, final_table)]
+    md += ["", "## Summary", "", *markdown_table(grid_header, grid_rows)]
+    md += ["", "## After the last task", "", *markdown_table(final_header, final_table)]
     if trained:
-        md += ["", f"## {history_title}", "", *_markdown(history_header, history_table)]
-    md += ["", "## Costs per task", "", *_markdown(cost_header, cost_table)]
-    md += ["", "## Every value", "", *_markdown(all_header, all_rows)]
+        md += ["", f"## {history_title}", "", *markdown_table(history_header, history_table)]
+    md += ["", "## Costs per task", "", *markdown_table(cost_header, cost_table)]
+    md += ["", "## Every value", "", *markdown_table(all_header, all_rows)]
     for section_title, paths, _, caption in sections:
         if section_title:
             md += ["", f"## {section_title}", ""] + ([caption, ""] if caption else [])
@@ -498,12 +498,3 @@ def write_run_report(folder: Path, plots: bool = True) -> Path:
         [[k, v["mean"], v["std"], v["n"]] for k, v in table.items()],
     )
     return md_path
-
-
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines

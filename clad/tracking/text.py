@@ -1,10 +1,10 @@
-"""Numbers and names as text for tables: fixed decimals without ``-0.000``, and LaTeX tables
-(booktabs) with their special characters escaped."""
+"""Numbers and names as text for tables: fixed decimals without ``-0.000``, markdown tables,
+and LaTeX tables (booktabs) with their special characters escaped."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 
 def fixed(value: float | None, digits: int = 3, missing: str = "n/a") -> str:
@@ -73,3 +73,16 @@ def latex_table(
         "\\end{table}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def markdown_table(
+    header: Sequence[str], rows: Iterable[Sequence[str]], text_columns: int = 1
+) -> list[str]:
+    """A markdown table's lines: the first ``text_columns`` columns left-aligned, the rest
+    (numbers) right-aligned."""
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < text_columns else "---:" for i in range(len(header))) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines

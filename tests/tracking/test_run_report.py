@@ -171,3 +171,15 @@ def test_a_run_without_plots_still_gets_its_tables(tmp_path):
     assert not (folder / "plots").exists()
     assert "data:image" not in (folder / "report.html").read_text()
     assert math.isfinite(float((folder / "report.csv").read_text().splitlines()[1].split(",")[1]))
+
+
+def test_markdown_tables_align_names_left_and_numbers_right():
+    from clad.tracking.text import markdown_table
+
+    lines = markdown_table(["task", "image AUROC", "pixel AUROC"], [["disc", "0.900", "n/a"]])
+    assert lines == [
+        "| task | image AUROC | pixel AUROC |",
+        "|---|---:|---:|",
+        "| disc | 0.900 | n/a |",
+    ]
+    assert markdown_table(["detector", "strategy", "x"], [], text_columns=2)[1] == "|---|---|---:|"

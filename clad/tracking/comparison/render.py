@@ -15,6 +15,7 @@ from clad.tracking.comparison.published import CLAD_PUBLISHED, clad_text
 from clad.tracking.comparison.rows import IMAGE_METRICS, MetricSet, Row, metric_set
 from clad.tracking.comparison.statistics import MIN_PAIRED_SEEDS, Pair
 from clad.tracking.text import fixed, latex_table, signed
+from clad.tracking.text import markdown_table as markdown_rows
 
 # (key, column label, kind): kind picks the number format; the quality columns of machine-sound
 # sweeps are ``AUDIO_METRICS.quality`` (``clad.tracking.comparison.rows``)
@@ -197,15 +198,13 @@ def routing_table(rows: Sequence[Row]) -> Table | None:
 
 
 def markdown_table(table: Table) -> list[str]:
-    lines = [
-        "| " + " | ".join(table.header) + " |",
-        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(table.header))) + "|",
-    ]
+    """The table in markdown, the best rows' ``table.bold`` cell in bold."""
     bold = table.header.index(table.bold) if table.bold in table.header else -1
-    for cells, best in zip(table.rows, table.best):
-        shown = [f"**{c}**" if best and i == bold else c for i, c in enumerate(cells)]
-        lines.append("| " + " | ".join(shown) + " |")
-    return lines
+    shown = [
+        [f"**{c}**" if best and i == bold else c for i, c in enumerate(cells)]
+        for cells, best in zip(table.rows, table.best)
+    ]
+    return markdown_rows(table.header, shown, text_columns=2)
 
 
 def pairs_table(pairs: Sequence[Pair]) -> Table:
@@ -328,12 +327,8 @@ def latex_text(table: Table, caption: str, label: str) -> str:
 
 
 def plain_markdown(table: Table) -> list[str]:
-    lines = [
-        "| " + " | ".join(table.header) + " |",
-        "|" + "|".join("---" for _ in table.header) + "|",
-    ]
-    lines += ["| " + " | ".join(cells) + " |" for cells in table.rows]
-    return lines
+    """The table in markdown, without the best-row marks (``markdown_table`` has them)."""
+    return markdown_rows(table.header, table.rows, text_columns=2)
 
 
 def csv_rows(rows: Sequence[Row]) -> tuple[list[str], list[list[Any]]]:

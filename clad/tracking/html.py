@@ -18,6 +18,7 @@ th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
 td { white-space: nowrap; }
 th { background: #f0f0f0; white-space: normal; max-width: 9em; vertical-align: bottom; }
 td.text, th.text { text-align: left; }
+td.wrap { white-space: normal; max-width: 16em; }
 tr.best td { background: #e8f5e9; font-weight: 600; }
 tr.missing td { color: #999; }
 .notes, .caption { font-size: 12px; color: #444; max-width: 1100px; }
@@ -26,7 +27,8 @@ tr.missing td { color: #999; }
 .grid figure.half { max-width: calc(50% - 10px); }
 .grid figure.third { max-width: calc(33% - 10px); }
 .grid figure.full { max-width: 100%; }
-figure img { max-width: 100%; border: 1px solid #eee; }
+figure img, .plot img { max-width: 100%; border: 1px solid #eee; }
+.plot img { margin: 0.5em 0; }
 figcaption { font-size: 11px; color: #555; }
 code { background: #f5f5f5; padding: 0 3px; }
 """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clad.tracking import html as pages
 from clad.tracking.comparison.published import CLAD_PUBLISHED, clad_text
 from clad.tracking.comparison.rows import IMAGE_METRICS, MetricSet, Row, metric_set
 from clad.tracking.comparison.statistics import MIN_PAIRED_SEEDS, Pair
@@ -382,21 +382,6 @@ def csv_rows(rows: Sequence[Row]) -> tuple[list[str], list[list[Any]]]:
     return header, out
 
 
-CSS = """
-body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 1.5em;
-       color: #1b1b1b; max-width: 1340px; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 12.5px; }
-th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; white-space: nowrap; }
-th { background: #f0f0f0; white-space: normal; max-width: 8.5em; vertical-align: bottom; }
-td.text { text-align: left; }
-td.wrap { white-space: normal; max-width: 16em; }
-tr.best td { background: #e8f5e9; font-weight: 600; }
-tr.missing td { color: #999; }
-.notes { font-size: 12px; color: #444; max-width: 1100px; }
-img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
-"""
-
-
 def _html_table(table: Table, text_columns: int = 2) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
     body = []
@@ -429,11 +414,7 @@ def render_html(
     routing: Table | None = None,
 ) -> str:
     """One self-contained page: inline CSS, tables, plots as base64 PNG data URIs."""
-    parts = [
-        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Sweep '
-        f"{html.escape(name)}</title><style>{CSS}</style></head><body>",
-        f"<h1>Sweep {html.escape(name)}</h1>",
-    ]
+    parts = [f"<h1>Sweep {html.escape(name)}</h1>"]
     parts += [f"<p>{html.escape(line)}</p>" for line in context]
     if settings:
         parts.append("<h2>Settings that ran</h2><ul>")
@@ -473,14 +454,8 @@ def render_html(
         )
     if plots:
         parts.append("<h2>Plots</h2>")
-        for path in plots:
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-            parts.append(
-                f'<div><img alt="{html.escape(path.stem)}" '
-                f'src="data:image/png;base64,{data}"></div>'
-            )
-    parts.append("</body></html>")
-    return "\n".join(parts)
+        parts += [f'<div class="plot">{pages.image(path)}</div>' for path in plots]
+    return pages.page(f"Sweep {name}", parts)
 
 
 NOTES = [

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import Subset
 
 from clad.benchmarks.mvtec import ImageDataset, read_category
@@ -67,3 +68,46 @@ def evaluate_detector(
     pixel = pixel_auroc(torch.stack(masks)[:, 0].numpy(), scores.pixel.numpy())
     print(f"{label} {category}: image AUROC {image:.3f}, pixel AUROC {pixel:.3f}")
     return image, pixel
+
+
+def sound_quality_task(folder: Path) -> tuple[Any, Tensor, Tensor]:
+    """(task, test clips, labels) of one synthetic machine type (gearbox, DCASE 2022 layout,
+    2 sections, 30 + 3 training and 10 test clips of 2 s, 32 mels x 64 frames, seed 0): the set
+    the audio detectors' quality floors are measured on."""
+    from torch.utils.data import DataLoader
+
+    from clad.benchmarks.stream import build_tasks
+    from clad.config import DatasetConfig
+
+    config = DatasetConfig(
+        name="synthetic_audio",
+        root=str(folder / "data"),
+        categories=["gearbox"],
+        val_fraction=0.15,
+        audio={
+            "n_mels": 32,
+            "frames": 64,
+            "cache_dir": str(folder / "cache"),
+            "synthetic": {
+                "layout": "dcase2022",
+                "sections": 2,
+                "n_train": 30,
+                "n_train_target": 3,
+                "n_test": 10,
+                "duration_s": 2.0,
+            },
+        },
+    )
+    (task,) = build_tasks(config, seed=0)
+    x, _, labels = next(iter(DataLoader(task.test, batch_size=len(task.test))))
+    return task, x, labels
+
+
+def sound_scores(detector: Any, task: Any, x: Tensor, labels: Tensor) -> dict:
+    """The DCASE metrics (AUC, pAUC, ...) of ``detector`` fitted on ``task``."""
+    from clad.metrics import evaluate_audio_scores
+
+    detector.fit(task.train, task.val)
+    return evaluate_audio_scores(
+        labels.numpy(), detector.predict(x).image.numpy(), task.test_sections, task.test_domains
+    )

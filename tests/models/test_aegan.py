@@ -16,6 +16,7 @@ from clad.errors import ConfigError
 from clad.models.aegan import AEGAN, SCORE_NAMES, patch_distance, pool, stage_count
 from clad.models.base import training_for
 from clad.registry import validate_params
+from tests.quality import sound_quality_task, sound_scores
 
 N_MELS, FRAMES = 16, 32
 TINY = dict(
@@ -270,32 +271,7 @@ def test_quality_floor_on_synthetic_machine_sounds(tmp_path):
     set the critic's embeddings separate the sounds before any training (measured with lr 0,
     seed 0: D-LOF AUC 0.906 / pAUC 0.882 on gearbox, 0.840 / 0.836 on bearing), so a D-LOF
     floor cannot tell a trained network from an untrained one."""
-    from torch.utils.data import DataLoader
-
-    from clad.benchmarks.stream import build_tasks
-    from clad.config import DatasetConfig
-    from clad.metrics import evaluate_audio_scores
-
-    config = DatasetConfig(
-        name="synthetic_audio",
-        root=str(tmp_path),
-        categories=["gearbox"],
-        val_fraction=0.15,
-        audio={
-            "n_mels": 32,
-            "frames": 64,
-            "synthetic": {
-                "layout": "dcase2022",
-                "sections": 2,
-                "n_train": 30,
-                "n_train_target": 3,
-                "n_test": 10,
-                "duration_s": 2.0,
-            },
-        },
-    )
-    (task,) = build_tasks(config, seed=0)
-    x, _, labels = next(iter(DataLoader(task.test, batch_size=len(task.test))))
+    task, x, labels = sound_quality_task(tmp_path)
 
     def measured(lr: float, epochs: int) -> dict:
         torch.manual_seed(0)
@@ -312,10 +288,7 @@ def test_quality_floor_on_synthetic_machine_sounds(tmp_path):
                 AEGAN, epochs=epochs, batch_size=64, lr=lr, patience=0, device="cpu"
             ),
         )
-        detector.fit(task.train, task.val)
-        return evaluate_audio_scores(
-            labels.numpy(), detector.predict(x).image.numpy(), task.test_sections, task.test_domains
-        )
+        return sound_scores(detector, task, x, labels)
 
     trained, untrained = measured(1e-3, 40), measured(0.0, 1)
     # measured (seed 0, CPU, about 20 s): trained AUC 1.000, pAUC 1.000; untrained (lr 0)

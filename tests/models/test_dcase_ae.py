@@ -9,13 +9,14 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 import clad.models  # noqa: F401  (fills the detector table)
 import clad.strategies  # noqa: F401
 from clad.models.base import training_for
 from clad.models.dcase_ae import DCASEAutoencoder, FrameWindows, frame_vectors, vector_map
 from tests.paths import REPO
+from tests.quality import sound_quality_task, sound_scores
 
 N_MELS, FRAMES = 8, 12
 TINY = dict(n_mels=N_MELS, frames=5, hidden=16, bottleneck=4, depth=2)
@@ -202,31 +203,7 @@ def test_quality_floor_on_synthetic_machine_sounds(tmp_path):
     """The baseline must separate anomalous from normal synthetic sounds (one machine type from
     scratch, the baseline's network, batches and 100 epochs), and the same network untrained
     (lr 0) must miss the same floor."""
-    from clad.benchmarks.stream import build_tasks
-    from clad.config import DatasetConfig
-    from clad.metrics import evaluate_audio_scores
-
-    config = DatasetConfig(
-        name="synthetic_audio",
-        root=str(tmp_path / "data"),
-        categories=["gearbox"],
-        val_fraction=0.15,
-        audio={
-            "n_mels": 32,
-            "frames": 64,
-            "cache_dir": str(tmp_path / "cache"),
-            "synthetic": {
-                "layout": "dcase2022",
-                "sections": 2,
-                "n_train": 30,
-                "n_train_target": 3,
-                "n_test": 10,
-                "duration_s": 2.0,
-            },
-        },
-    )
-    (task,) = build_tasks(config, seed=0)
-    x, _, labels = next(iter(DataLoader(task.test, batch_size=len(task.test))))
+    task, x, labels = sound_quality_task(tmp_path)
 
     def measured(lr: float, epochs: int) -> dict:
         torch.manual_seed(0)
@@ -234,10 +211,7 @@ def test_quality_floor_on_synthetic_machine_sounds(tmp_path):
             n_mels=32,
             training=training_for(DCASEAutoencoder, epochs=epochs, lr=lr, device="cpu"),
         )
-        detector.fit(task.train, task.val)
-        return evaluate_audio_scores(
-            labels.numpy(), detector.predict(x).image.numpy(), task.test_sections, task.test_domains
-        )
+        return sound_scores(detector, task, x, labels)
 
     trained, untrained = measured(1e-3, 100), measured(0.0, 1)
     # measured (seed 0, CPU, about 20 s): trained AUC 0.965, pAUC 0.947; untrained (lr 0)

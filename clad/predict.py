@@ -208,9 +208,8 @@ def predict_folder(
     ``overlays/<path>.png`` (the first ``overlays``; None: all), marked with the pixel
     threshold of task ``task_id`` when given. ``task_id`` is required for a task-aware
     strategy (the model it picks); ``summary.json`` holds the counts and the AUROC."""
-    from sklearn.metrics import roc_auc_score
-
     from clad.benchmarks.mvtec import ImageDataset
+    from clad.metrics import image_auroc
     from clad.runner import score_dataset
 
     config, strategy = trained.config, trained.strategy
@@ -248,9 +247,7 @@ def predict_folder(
     files.write_csv(csv_path, ["path", "score", "label", "folder"], rows)
     labels = np.array([s.label for s in samples])
     known = labels >= 0
-    auroc = math.nan
-    if known.any() and len(set(labels[known].tolist())) == 2:
-        auroc = float(roc_auc_score(labels[known], scored.image[known]))
+    auroc = image_auroc(labels[known], scored.image[known]) if known.any() else math.nan
     written_maps, written_overlays = [], []
     if scored.maps is not None:
         image_thr, pixel_thr = (

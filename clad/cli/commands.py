@@ -470,21 +470,16 @@ def cmd_predict(argv: list[str]) -> int:
     return 0
 
 
-EXPORTABLE = ("conv_ae", "fastflow", "stfpm", "unet_ae", "vae")
-"""The built-in detectors that export (``clad.predict.exportable_detectors``; a test keeps the
-two equal)."""
-
-
 def export_parser() -> argparse.ArgumentParser:
-    from clad.predict import EXPORT_FORMATS
+    from clad.predict import EXPORT_FORMATS, exportable_detectors
 
     parser = argparse.ArgumentParser(
         prog="clad export",
         description="Export a trained run's detector (as it was after a task) to TorchScript "
         "or ONNX: a module mapping images [B, 3, H, W] in [0, 1] at the run's size to (image "
         "scores [B], anomaly maps [B, H, W]). Detectors whose scoring is one network's "
-        f"forward pass export ({', '.join(EXPORTABLE)}); memory-bank and routing methods "
-        "do not.",
+        f"forward pass export ({', '.join(exportable_detectors())}); memory-bank and routing "
+        "methods do not.",
     )
     add_trained_run_arguments(parser)
     parser.add_argument("--format", required=True, choices=EXPORT_FORMATS)

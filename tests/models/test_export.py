@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from clad.cli.commands import EXPORTABLE
+from clad.cli.commands import export_parser
 from clad.models.base import Detector
 from clad.predict import exportable_detectors
 from clad.registry import detector_table
@@ -47,4 +47,4 @@ def test_detectors_whose_scoring_is_not_one_forward_pass_export_nothing():
     others = sorted(set(detector_table()) - set(exportable_detectors()))
     assert {"patchcore", "padim", "dne", "ucad"} <= set(others)
     assert Detector.export_module is detector_table()["patchcore"].export_module
-    assert tuple(exportable_detectors()) == EXPORTABLE  # what export --help says
+    assert "conv_ae, fastflow, stfpm, unet_ae, vae" in export_parser().description  # --help

@@ -1,10 +1,11 @@
 """Pixel-level localisation metrics: AUROC, AP, F1 and the AU-PRO of Bergmann et al.
 
-Every metric here comes from one descending sort of all pixel scores of a test set (cumulative
-counts at each distinct score, as sklearn's ``_binary_clf_curve`` and the official MVTec AD
-``pro_curve_util.compute_pro`` do), so the values are exact at every threshold and a test set of
-100 images of 256x256 costs about one sort of 6.5M floats. ``pixel_metrics`` shares that one sort
-across all metrics; the single-metric functions each sort once.
+The single-metric functions come from one descending sort of all pixel scores of a test set
+(cumulative counts at each distinct score, as sklearn's ``_binary_clf_curve`` and the official
+MVTec AD ``pro_curve_util.compute_pro`` do), so the values are exact at every threshold.
+``pixel_metrics`` (what the runner calls) gives the same values from a sort of the normal
+pixels' scores alone plus binary searches at the anomalous pixels' distinct scores, about three
+times faster on a test set of 100 images of 224x224.
 
 Convention: mask 1 = anomalous pixel (positive), 0 = normal; a pixel is predicted anomalous when
 ``score >= threshold``. A metric that the data leaves undefined (no anomalous pixel; for AUROC and
@@ -297,7 +298,17 @@ def aupro(masks: Any, maps: Any, fpr_limit: float = 0.3) -> float:
 def pixel_metrics(
     masks: Any, maps: Any, threshold: float | None = None, fpr_limit: float = 0.3
 ) -> dict[str, float]:
-    """All pixel metrics of a test set from one sort of its pixel scores.
+    """All pixel metrics of a test set, exact, without sorting the pixels jointly.
+
+    Every metric here changes only where an anomalous pixel crosses the threshold, so the curve
+    is read at the distinct scores of the anomalous pixels alone (a few percent of a test set):
+    the normal pixels' scores are sorted on their own (a plain float sort, no argsort) and each
+    anomalous threshold θ learns its normal counts ``#{s >= θ}`` and ``#{s > θ}`` by binary
+    search. AUROC is the Mann-Whitney statistic (ties count one half: the trapezoid of the full
+    curve); AP and the best F1 are attained at anomalous thresholds; the PRO curve is flat
+    between them, so its points just above and at each anomalous threshold (plus (1, PRO_end))
+    give the same trapezoid area, and the same interpolation at ``fpr_limit``, as the full
+    curve of ``pixel_curve``. Equal to the single-metric functions to float rounding (tests).
 
     Args:
         masks: [N, H, W] ground truth in {0, 1}.
@@ -309,22 +320,61 @@ def pixel_metrics(
         ``auroc``, ``ap``, ``f1_best``, ``f1_best_threshold``, ``f1_at_threshold``, ``aupro``, as
         the single-metric functions of this module would give them.
     """
-    curve = pixel_curve(masks, maps, with_regions=True)
-    f1, f1_threshold = _f1_best(curve)
-    if threshold is None or np.isnan(threshold) or curve.n_anomalous == 0:
-        f1_fixed = float("nan")
+    if not 0 < fpr_limit <= 1:
+        raise ValueError(f"fpr_limit must lie in (0, 1], got {fpr_limit}")
+    mask_stack, map_stack = _image_stack(masks, maps)
+    regions, n_regions = ndimage.label(mask_stack, structure=_REGION_STRUCTURE)
+    flat_regions = regions.ravel()
+    scores = map_stack.ravel()
+    anomalous = flat_regions > 0
+    normal = np.sort(scores[~anomalous])  # [N] ascending
+    n_normal = normal.size
+    nan = float("nan")
+    if n_regions == 0:  # no anomalous pixel: every metric is undefined
+        return dict.fromkeys(
+            ("auroc", "ap", "f1_best", "f1_best_threshold", "f1_at_threshold", "aupro"), nan
+        )
+    positive_scores = scores[anomalous]  # [P]
+    order = np.argsort(positive_scores)[::-1]  # descending
+    sorted_scores = positive_scores[order]
+    sorted_regions = flat_regions[anomalous][order]
+    n_anomalous = sorted_scores.size
+    ends = np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1])
+    ends = np.append(ends, n_anomalous - 1)  # last index of each run of equal scores
+    thresholds = sorted_scores[ends]  # [M] distinct anomalous scores, descending
+    tps = (ends + 1).astype(np.float64)  # anomalous pixels >= θ_m
+    fps = (n_normal - np.searchsorted(normal, thresholds, side="left")).astype(np.float64)
+    above = (n_normal - np.searchsorted(normal, thresholds, side="right")).astype(np.float64)
+
+    precision = tps / (tps + fps)
+    ap = float(np.sum(np.diff(tps / n_anomalous, prepend=0.0) * precision))
+    f1 = 2 * tps / (tps + fps + n_anomalous)
+    best = int(np.argmax(f1))
+    if threshold is None or np.isnan(threshold):
+        f1_fixed = nan
     else:
-        # Pixels with score >= threshold: the cumulative counts at the lowest θ_m >= threshold.
-        cut = curve.thresholds.dtype.type(threshold)  # compared in the maps' precision
-        crossed = int(np.searchsorted(-curve.thresholds, -cut, side="right"))
-        tp = int(curve.tps[crossed - 1]) if crossed else 0
-        fp = int(curve.fps[crossed - 1]) if crossed else 0
-        f1_fixed = f1_from_counts(tp, fp, curve.n_anomalous - tp)
+        cut = scores.dtype.type(threshold)  # compared in the maps' precision
+        tp = int(np.count_nonzero(positive_scores >= cut))
+        fp = int(n_normal - np.searchsorted(normal, cut, side="left"))
+        f1_fixed = f1_from_counts(tp, fp, n_anomalous - tp)
+    auroc = aupro_value = nan
+    if n_normal:
+        counts = np.diff(tps, prepend=0.0)  # anomalous pixels at each θ_m
+        wins = counts * ((n_normal - fps) + 0.5 * (fps - above))
+        auroc = float(wins.sum() / (n_anomalous * n_normal))
+        sizes = np.bincount(sorted_regions, minlength=n_regions + 1)  # [R + 1]
+        weight = np.zeros(n_regions + 1)
+        weight[1:] = 1.0 / (n_regions * sizes[1:])
+        pros = np.minimum(np.cumsum(weight[sorted_regions])[ends], 1.0)  # [M]
+        before = np.concatenate([[0.0], pros[:-1]])  # PRO just above θ_m
+        x = np.concatenate([[0.0], np.stack([above, fps], 1).ravel() / n_normal, [1.0]])
+        y = np.concatenate([[0.0], np.stack([before, pros], 1).ravel(), [pros[-1]]])
+        aupro_value = float(area_up_to(x, y, fpr_limit) / fpr_limit)
     return {
-        "auroc": _auroc(curve),
-        "ap": _average_precision(curve),
-        "f1_best": f1,
-        "f1_best_threshold": f1_threshold,
+        "auroc": auroc,
+        "ap": ap,
+        "f1_best": float(f1[best]),
+        "f1_best_threshold": float(thresholds[best]),
         "f1_at_threshold": f1_fixed,
-        "aupro": _aupro(curve, fpr_limit),
+        "aupro": aupro_value,
     }

@@ -11,7 +11,8 @@ default all C channels are kept (as anomalib does).
 Memory: the greedy k-center coreset (``coreset_ratio`` of all training patches) chosen on a
 Gaussian random projection of the features to ``projection_dim`` dimensions
 (``clad.models.components.coreset``). Stored in selection order, so every prefix of the bank is
-itself a greedy coreset.
+itself a greedy coreset, with each row's selection radius (its distance, in the projection, to
+the rows selected before it), which ``cl`` merges banks by (``PatchCore.merge_memories``).
 
 Scores: each test patch's distance to its nearest bank vector (exact L2 search through faiss,
 or torch; ``clad.models.components.knn``) is its patch score. The anomaly map is the patch
@@ -63,7 +64,7 @@ from clad.models.components.backbone import (
 from clad.models.components.coreset import (
     CoresetMethod,
     coreset_size,
-    greedy_coreset,
+    greedy_coreset_radii,
     random_projection,
 )
 from clad.models.components.knn import IncrementalSearch, KnnBackend, KnnIndex
@@ -73,18 +74,20 @@ from clad.records import Scores
 from clad.registry import register_detector
 
 Backbone = Literal["efficientnet_lite0", "resnet18", "wide_resnet50_2"]
+MergeRule = Literal["radius", "coreset"]
 
 
 def select_coreset(
     features: Tensor, n_select: int, projection_dim: int, method: CoresetMethod = "auto"
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     """Rows of ``features`` [N, C] kept by the greedy k-center coreset of size ``n_select``
-    on a random projection to ``projection_dim`` dims, in selection order: [n_select, C]."""
-    if n_select >= features.shape[0]:
-        return features
+    on a random projection to ``projection_dim`` dims, in selection order: [n_select, C], and
+    their selection radii (``greedy_coreset_radii``, in the projected space): [n_select].
+    ``n_select >= N`` orders all rows."""
+    n_select = min(n_select, features.shape[0])
     projected = random_projection(features, projection_dim)  # [N, min(C, projection_dim)]
-    index = greedy_coreset(projected, n_select, method=method)
-    return features[index.to(features.device)]
+    index, radii = greedy_coreset_radii(projected, n_select, method=method)
+    return features[index.to(features.device)], radii.to(features.device)
 
 
 SIGMA_REFERENCE_SIDE = 224  # the paper's input side, at which its sigma 4 is given
@@ -106,6 +109,9 @@ class PatchCore(MemoryBankDetector):
         smoothing_sigma: Gaussian sigma of the anomaly-map smoothing, in pixels of a 224 px
             input (scaled with the input side; see the module docstring); 0 disables it.
         knn_backend: ``"auto"`` (faiss if installed), ``"faiss"`` or ``"torch"``.
+        merge: how banks are merged at a budget (``cl``): ``"radius"`` keeps the rows with
+            the largest selection radii (``merge_memories``), ``"coreset"`` re-runs the
+            greedy coreset on the union.
         coreset_method: ``"auto"`` (dense on CUDA, pruned on CPU), ``"dense"``, ``"pruned"``.
         incremental_search: keep each test batch's nearest rows across banks and search only
             what changed (module docstring); False searches the whole bank every time.
@@ -123,6 +129,7 @@ class PatchCore(MemoryBankDetector):
         num_neighbors: PositiveInt = 9,
         smoothing_sigma: NonNegativeFloat = 4.0,
         knn_backend: KnnBackend = "auto",
+        merge: MergeRule = "radius",
         coreset_method: CoresetMethod = "auto",
         incremental_search: bool = True,
         training: Training | None = None,
@@ -136,6 +143,7 @@ class PatchCore(MemoryBankDetector):
         self.num_neighbors = num_neighbors
         self.smoothing_sigma = smoothing_sigma
         self.knn_backend = knn_backend
+        self.merge = merge
         self.coreset_method = coreset_method
         self.search_cache = IncrementalSearch() if incremental_search else None
 
@@ -179,14 +187,19 @@ class PatchCore(MemoryBankDetector):
             torch.cuda.synchronize()
         extracted = time.perf_counter()
         n_select = coreset_size(features.shape[0], self.coreset_ratio)
-        bank = select_coreset(features, n_select, self.projection_dim, self.coreset_method)
+        memory = {"bank": features}
+        if n_select < features.shape[0]:
+            rows, radius = select_coreset(
+                features, n_select, self.projection_dim, self.coreset_method
+            )
+            memory = {"bank": rows.contiguous(), "radius": radius}
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.timings = {
             "feature": extracted - began,
             "coreset": time.perf_counter() - extracted,
         }
-        return {"bank": bank.contiguous()}
+        return memory
 
     def prepare(self, memory: Memory) -> KnnIndex:
         return KnnIndex(memory["bank"], self.knn_backend)
@@ -229,16 +242,50 @@ class PatchCore(MemoryBankDetector):
         maps = gaussian_smooth(maps[:, 0], self.sigma_pixels(size[0]))  # [B, H, W]
         return Scores(image=image, pixel=maps), patch.mean(1)
 
+    def ordered(self, memory: Memory) -> tuple[Tensor, Tensor]:
+        """A bank's rows and their selection radii; a bank stored without radii (all training
+        patches kept, or saved before radii were stored) is put in greedy order first."""
+        if "radius" in memory:
+            return memory["bank"], memory["radius"]
+        return select_coreset(
+            memory["bank"], memory["bank"].shape[0], self.projection_dim, self.coreset_method
+        )
+
     def merge_memories(self, memories: Sequence[Memory], budget: int | None) -> Memory:
-        """The union of the banks, re-coresetted (greedy k-center) to ``budget`` vectors when
-        it holds more."""
-        bank = torch.cat([m["bank"].to(self.device) for m in memories])  # [sum M_t, C]
+        """The union of the banks, cut to ``budget`` rows when it holds more.
+
+        ``merge: "radius"`` (default): the rows with the largest selection radii are kept
+        (ties: earlier rows first). Each bank is a greedy k-center selection stored with every
+        row's radius, its distance to the rows its task's greedy pass selected before it; so
+        this keeps each task's greedy prefix, with the tasks' shares set by their covering
+        radii. Where the tasks' features do not overlap, a greedy pass over the union would
+        pick in the same order (a point's distance to the coreset is then its distance to its
+        own task's selections), so this is greedy k-center on the union without rerunning it:
+        it costs a sort of the radii, not a coreset pass over the union. Where tasks overlap
+        (shared backgrounds), the union's greedy pass would keep fewer of the overlapping rows.
+        Radii of different tasks come from different random projections, equal in
+        expectation to the full-space distances.
+
+        ``merge: "coreset"``: the greedy k-center coreset of the union, rerun on a projection
+        drawn afresh (its cost grows with the bank, not with the new task).
+        """
+        if self.merge == "coreset":
+            bank = torch.cat([m["bank"].to(self.device) for m in memories])  # [sum M_t, C]
+            if budget is None or bank.shape[0] <= budget:
+                return {"bank": bank.contiguous()}
+            bank, radius = select_coreset(bank, budget, self.projection_dim, self.coreset_method)
+            return {"bank": bank.contiguous(), "radius": radius}
+        parts = [self.ordered({k: v.to(self.device) for k, v in m.items()}) for m in memories]
+        bank = torch.cat([rows for rows, _ in parts])  # [sum M_t, C]
+        radius = torch.cat([radii for _, radii in parts])  # [sum M_t]
         if budget is not None and bank.shape[0] > budget:
-            bank = select_coreset(bank, budget, self.projection_dim, self.coreset_method)
-        return {"bank": bank.contiguous()}
+            keep = torch.argsort(radius, descending=True, stable=True)[:budget]
+            bank, radius = bank[keep], radius[keep]
+        return {"bank": bank.contiguous(), "radius": radius.contiguous()}
 
     def shrink_memory(self, memory: Memory, budget: int) -> Memory:
-        """The greedy k-center coreset of ``budget`` vectors of the bank."""
+        """The bank cut to ``budget`` rows by the merge rule (``"radius"``: its greedy prefix,
+        the greedy k-center coreset of that size)."""
         return self.merge_memories([memory], budget)
 
     def memory_items(self, memory: Memory) -> int:

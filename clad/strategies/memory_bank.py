@@ -46,11 +46,13 @@ class ContinualMemoryBank(Strategy):
     sums). What happens next depends on ``variant``:
 
     ``single_bank`` (default for PatchCore and PaDiM): one memory for all tasks seen.
-        PatchCore: bank_t = greedy k-center coreset of (bank_{t-1} U M_t) with
-        ``mem_size_cl`` vectors, selected on a random projection drawn afresh for that merge
-        (as the per-task coreset draws its own; the vectors kept are full-dimensional, so only
-        which ones are kept depends on the draw); nothing is re-coresetted while the union fits
-        the budget. The bank never holds more than
+        PatchCore: bank_t = the ``mem_size_cl`` rows of (bank_{t-1} U M_t) with the largest
+        greedy selection radii (``PatchCore.merge_memories``, ``merge: "radius"``: each task
+        keeps a greedy prefix of its own coreset, the shares set by the tasks' covering radii;
+        greedy k-center on the union where tasks do not overlap, at the cost of a sort), or,
+        with ``merge: "coreset"``, the greedy k-center coreset of the union rerun on a
+        projection drawn afresh; nothing is cut while the union fits the budget. The bank
+        never holds more than
         ``mem_size_cl`` vectors, so memory and nearest-neighbour search cost stay bounded however
         many tasks come; test images are scored against the one bank, so no task id is needed.
         PaDiM: the exact pooled Gaussian of all tasks seen, from summed streaming statistics
@@ -61,7 +63,8 @@ class ContinualMemoryBank(Strategy):
 
     ``per_task`` (PatchCore: CLAD's ``cl``): one memory per task seen, and routing at test time.
         PatchCore: after task t every bank is reduced to ``mem_size_cl // (t + 1)`` vectors
-        (greedy k-center coreset of that bank), so the total stays within ``mem_size_cl``.
+        (greedy k-center coreset of that bank: its greedy prefix under ``merge: "radius"``, a
+        greedy pass rerun on it under ``"coreset"``), so the total stays within ``mem_size_cl``.
         PaDiM: one Gaussian per task (no budget). A test image is scored against every task's
         memory and takes the scores of the memory with the lowest routing distance (PatchCore:
         mean over patches of the nearest-neighbour distance; PaDiM: mean Mahalanobis distance).

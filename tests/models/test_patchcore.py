@@ -32,7 +32,10 @@ def test_bank_is_the_coreset_of_the_training_patches():
     detector.fit(images(6, 0))
     patches = 6 * (SIZE // 8) ** 2
     assert detector.memory["bank"].shape == (patches // 4, 128 + 256)
-    assert detector.memory_bytes() == patches // 4 * 384 * 4
+    # the rows and their selection radii (float32 each)
+    assert detector.memory_bytes() == patches // 4 * (384 + 1) * 4
+    radius = detector.memory["radius"]
+    assert radius[0] == float("inf") and bool((radius[1:-1] >= radius[2:]).all())
     assert set(detector.timings) >= {"feature", "coreset"}
 
 
@@ -69,6 +72,51 @@ def test_merge_respects_the_budget():
     assert merged["bank"].shape[0] == 10
     union = detector.merge_memories([one, two], budget=None)
     assert union["bank"].shape[0] == one["bank"].shape[0] + two["bank"].shape[0]
+
+
+def separated_banks(n_tasks: int = 3, rows: int = 200, dim: int = 16):
+    """Banks of tasks whose features lie far apart, each in greedy order with its radii."""
+    g = torch.Generator().manual_seed(0)
+    detector = tiny(projection_dim=dim)
+    banks = []
+    for t in range(n_tasks):
+        spread = 0.5 + t  # tasks of different spread get different shares
+        features = 100.0 * t + spread * torch.randn(rows * 4, dim, generator=g)
+        banks.append(detector.merge_memories([{"bank": features}], budget=rows))
+    return detector, banks
+
+
+def test_radius_merge_keeps_greedy_prefixes_by_radius():
+    detector, banks = separated_banks()
+    merged = detector.merge_memories(banks, budget=300)
+    assert merged["bank"].shape[0] == 300 and merged["radius"].shape == (300,)
+    kept, dropped = [], []
+    for bank in banks:
+        same = bank["bank"][:, None] == merged["bank"][None]  # [rows, 300, dim]
+        is_kept = same.all(2).any(1)  # [rows]
+        count = int(is_kept.sum())
+        assert bool(is_kept[:count].all())  # each task keeps a prefix of its greedy order
+        kept.append(bank["radius"][is_kept])
+        dropped.append(bank["radius"][~is_kept])
+    assert float(torch.cat(kept).min()) >= float(torch.cat(dropped).max())
+    shares = [len(k) for k in kept]
+    assert shares[0] < shares[1] < shares[2]  # the wider task gets more rows
+    # a bank cut to its own budget is its greedy prefix
+    shrunk = detector.shrink_memory(banks[1], 50)
+    assert torch.equal(shrunk["bank"], banks[1]["bank"][:50])
+
+
+def test_radius_merge_covers_separated_tasks_as_the_coreset_of_the_union():
+    """Where tasks do not overlap, the radius merge covers the union as well as rerunning
+    the greedy coreset on it (covering radius within 15 %)."""
+    detector, banks = separated_banks()
+    union = torch.cat([b["bank"] for b in banks])
+    by_radius = detector.merge_memories(banks, budget=240)["bank"]
+    detector.merge = "coreset"
+    torch.manual_seed(1)
+    by_coreset = detector.merge_memories(banks, budget=240)["bank"]
+    cover = [float(torch.cdist(union, b).min(1).values.max()) for b in (by_radius, by_coreset)]
+    assert cover[0] <= 1.15 * cover[1]
 
 
 def test_anomalies_score_higher_than_normal_images():

@@ -64,7 +64,8 @@ def test_budget_holds_after_every_task(variant):
         assert 0 < strategy.memory_items() <= 20
         scores = strategy.predict(task.test[:][0], None)
         assert torch.isfinite(scores.image).all() and scores.pixel.shape == (2, SIZE, SIZE)
-    assert strategy.cost_bytes()["memory"] == strategy.memory_items() * (128 + 256) * 4
+    # each row and its selection radius, float32
+    assert strategy.cost_bytes()["memory"] == strategy.memory_items() * (128 + 256 + 1) * 4
     held = strategy.memory_bytes()  # what the strategy holds beside the detector
     assert held == (0 if variant == "single_bank" else strategy.cost_bytes()["memory"])
 

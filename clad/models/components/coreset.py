@@ -91,6 +91,23 @@ def greedy_coreset(
         [n_select] int64 indices (CPU), distinct, where index i is the point farthest from
         indices[:i] (ties: the lowest index within the first block or row holding the maximum).
     """
+    return greedy_coreset_radii(features, n_select, start, method, block_size)[0]
+
+
+def greedy_coreset_radii(
+    features: Tensor,
+    n_select: int,
+    start: int | None = None,
+    method: CoresetMethod = "auto",
+    block_size: int = 128,
+) -> tuple[Tensor, Tensor]:
+    """``greedy_coreset`` and each selected point's *selection radius*: its distance to the
+    points selected before it (the covering radius of the prefix just before it was added;
+    inf for the first point), non-increasing along the selection order.
+
+    Returns:
+        ([n_select] int64 indices, [n_select] float32 radii), both on the CPU.
+    """
     n_points = features.shape[0]
     if not 1 <= n_select <= n_points:
         raise ValueError(f"n_select must be in [1, {n_points}], got {n_select}")
@@ -101,32 +118,37 @@ def greedy_coreset(
     if method == "auto":
         method = "dense" if points.device.type == "cuda" else "pruned"
     if method == "dense":
-        return _dense(points, n_select, start).cpu()
+        index, squared = _dense(points, n_select, start)
+        return index.cpu(), squared.cpu().sqrt()
     if method == "pruned":
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # many small ops: OpenMP fork/join costs more than it gives
         try:
-            return _pruned(points.cpu(), n_select, start, block_size)
+            index, squared = _pruned(points.cpu(), n_select, start, block_size)
+            return index, squared.sqrt()
         finally:
             torch.set_num_threads(threads)
     raise ValueError(f"unknown coreset method {method!r}; known: auto, dense, pruned")
 
 
-def _dense(points: Tensor, n_select: int, start: int) -> Tensor:
-    """Plain greedy k-center: one [N] distance update per selection, no host sync."""
+def _dense(points: Tensor, n_select: int, start: int) -> tuple[Tensor, Tensor]:
+    """Plain greedy k-center: one [N] distance update per selection, no host sync. Returns
+    the selections and their squared selection radii."""
     n_points = points.shape[0]
     squared_norms = (points * points).sum(1)  # [N]
     min_dist = torch.full((n_points,), math.inf, device=points.device)
     selected = torch.empty(n_select, dtype=torch.long, device=points.device)
+    radii = torch.empty(n_select, device=points.device)
     index = torch.tensor(start, device=points.device)
     for i in range(n_select):
         selected[i] = index
+        radii[i] = min_dist[index]
         centre = points[index]  # [d]
         dist = squared_norms - 2 * (points @ centre) + squared_norms[index]  # [N]
         torch.minimum(min_dist, dist.clamp_(min=0), out=min_dist)
         min_dist[index] = 0
         index = torch.argmax(min_dist)
-    return selected
+    return selected, radii
 
 
 def _select_round(values: Tensor, coords: Tensor, norms: Tensor, budget: int, candidates: int):
@@ -139,7 +161,8 @@ def _select_round(values: Tensor, coords: Tensor, norms: Tensor, budget: int, ca
     still >= tau, it is the global maximum and the greedy rule picks it.
 
     Returns:
-        [s] positions (into the layout) of the selected points, in selection order, s >= 1.
+        ([s] positions (into the layout) of the selected points, in selection order, s >= 1;
+        [s] their squared distances to the coreset when selected).
     """
     n_valid = int(torch.isfinite(values).sum())
     count = min(candidates, n_valid)
@@ -150,33 +173,37 @@ def _select_round(values: Tensor, coords: Tensor, norms: Tensor, budget: int, ca
     current = top_values.numpy().copy()  # [T]
     pairwise = squared.numpy()  # [T, T]
     picked: list[int] = []
+    values: list[float] = []
     while len(picked) < budget:
         j = int(current.argmax())
         if current[j] < tau:
             break
         picked.append(j)
+        values.append(float(current[j]))
         np.minimum(current, pairwise[j], out=current)
         current[j] = -np.inf
-    return top[torch.tensor(picked)]
+    return top[torch.tensor(picked)], values
 
 
 def _pruned(
     points: Tensor, n_select: int, start: int, block_size: int, candidates: int = 1024
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     """Greedy k-center on the CPU, in rounds (see ``_select_round``) with Voronoi-block
     pruning of the distance updates (see the module docstring). Same selections as
-    ``_dense`` up to float rounding."""
+    ``_dense`` up to float rounding; also returns their squared selection radii."""
     layout = _Layout(points)
     layout.dense_update(layout.slot_of(torch.tensor([start])), 0)
     selected = [start]
+    radii = [math.inf]
     last_build = 1
     while len(selected) < n_select:
-        slots = _select_round(
+        slots, values = _select_round(
             layout.min_dist, layout.coords, layout.norms, n_select - len(selected), candidates
         )
         first_id = len(selected)
         new_points = layout.point_index[slots]
         selected.extend(new_points.tolist())
+        radii.extend(values)
         # Blocks pay off once there are enough centres and each cell still holds several
         # blocks' worth of points; until then (and for small N, possibly throughout) the
         # plain update over all points is used.
@@ -192,7 +219,10 @@ def _pruned(
             layout.dense_update(slots, first_id)
         else:
             layout.block_update(slots, first_id)
-    return torch.tensor(selected[:n_select], dtype=torch.long)
+    return (
+        torch.tensor(selected[:n_select], dtype=torch.long),
+        torch.tensor(radii[:n_select], dtype=torch.float32),
+    )
 
 
 class _Layout:

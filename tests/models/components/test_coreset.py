@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clad.models.components.coreset import coreset_size, greedy_coreset, random_projection
+from clad.models.components.coreset import (
+    coreset_size,
+    greedy_coreset,
+    greedy_coreset_radii,
+    random_projection,
+)
 from clad.models.components.knn import KnnIndex, faiss_module, torch_knn
 
 
@@ -57,6 +62,26 @@ def test_matches_brute_force(method):
     points = clustered(n=500, dim=8, seed=2)
     index = greedy_coreset(points, 80, start=3, method=method, block_size=8)
     assert index.tolist() == brute_force_greedy(points, 80, 3)
+
+
+@pytest.mark.parametrize("method", ["dense", "pruned"])
+def test_selection_radii_are_the_distances_to_the_earlier_picks(method):
+    points = clustered(n=3000, dim=12, seed=4)
+    index, radii = greedy_coreset_radii(points, 400, start=2, method=method, block_size=16)
+    assert (
+        index.tolist()
+        == greedy_coreset(points, 400, start=2, method=method, block_size=16).tolist()
+    )
+    assert radii.shape == (400,) and radii[0] == float("inf")
+    centred = (points - points.mean(0)).double()
+    expected = [
+        float(torch.cdist(centred[index[i : i + 1]], centred[index[:i]]).min())
+        for i in range(1, 400)
+    ]
+    torch.testing.assert_close(
+        radii[1:].double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-4
+    )
+    assert bool((radii[1:-1] >= radii[2:] - 1e-4).all())  # non-increasing
 
 
 def test_pruned_equals_dense_on_many_rounds():

@@ -15,7 +15,8 @@ itself a greedy coreset, with each row's selection radius (its distance, in the 
 the rows selected before it), which ``cl`` merges banks by (``PatchCore.merge_memories``).
 
 Scores: each test patch's distance to its nearest bank vector (exact L2 search through faiss,
-or torch; ``clad.models.components.knn``) is its patch score. The anomaly map is the patch
+or torch; ``clad.models.components.knn``; the distance to the row found is recomputed as
+``|q - m|`` directly) is its patch score. The anomaly map is the patch
 scores upsampled bilinearly to the input size and smoothed with a Gaussian whose sigma is
 ``smoothing_sigma`` at 224 px and scales with the input side H: ``smoothing_sigma * H / 224``
 pixels (the paper's 4 at its 224 px inputs; 4.57 at 256 px). The image score is the paper's
@@ -222,6 +223,10 @@ class PatchCore(MemoryBankDetector):
         else:
             distances, indices = prepared.search(queries, 1)
             distance, index = distances[:, 0], indices[:, 0]
+        # the nearest row's distance, recomputed directly (|q - m|, not the search's norm
+        # expansion): the same value whichever search found the row, and free of cancellation
+        nearest_rows = prepared.bank[index.to(prepared.bank.device)].to(queries.device)
+        distance = torch.linalg.vector_norm(queries - nearest_rows, dim=1)  # [B*h*w]
         patch = distance.view(b, h * w)  # [B, h*w]
         nearest = index.view(b, h * w)  # [B, h*w]
         top = patch.argmax(1)  # [B]: m_test

@@ -133,6 +133,134 @@ class KnnIndex:
         return distances.to(queries.device), torch.from_numpy(indices).to(queries.device)
 
 
+def squared_distances(queries: Tensor, rows: Tensor, row_norms: Tensor | None = None) -> Tensor:
+    """[Q, M] squared L2 distances ``|q|^2 - 2 q.r + |r|^2``, clamped at zero."""
+    if row_norms is None:
+        row_norms = (rows * rows).sum(1)
+    squared = (queries * queries).sum(1, keepdim=True) - 2 * queries @ rows.T + row_norms
+    return squared.clamp_(min=0)
+
+
+class CellIndex:
+    """Exact k-nearest search *within a bound* over rows grouped in cells.
+
+    The rows are grouped around ``ceil(M / cell_size)`` centres (rows chosen by greedy k-center,
+    so they spread over the data), each row in the cell of its nearest centre; a cell keeps its
+    radius R (largest distance of its rows to its centre). A query q with bound b needs a row
+    r of cell c only if ``|q - r| < b``, and ``|q - r| >= |q - c| - R``: a cell with
+    ``|q - c| - R >= b`` is skipped whole. The centres are rows too, so the k-th nearest centre
+    tightens b before any cell is opened. Where the queries lie far from the rows (test patches
+    of one product against rows of another), nearly every cell is skipped; the work is then
+    |Q| x (number of cells) instead of |Q| x M.
+
+    ``search(queries, k, bound)`` returns every query's k nearest rows *among those closer than
+    its bound* (distances ascending, inf and position -1 where fewer were found): exact, the
+    same rows a full search would list there, up to float rounding at the bound and exact ties.
+    A query whose open cells hold more than ``dense_share`` of the rows (test patches of the
+    product the rows come from) is searched against all rows instead (``KnnIndex``, its k
+    nearest whatever the bound), which is faster there.
+    """
+
+    def __init__(
+        self,
+        rows: Tensor,
+        cell_size: int = 64,
+        backend: KnnBackend = "auto",
+        dense_share: float = 0.1,
+    ) -> None:
+        from clad.models.components.coreset import greedy_coreset_radii
+
+        self.backend = backend
+        self.dense_share = dense_share
+        self._dense: KnnIndex | None = None
+        self.rows = rows.detach().float().contiguous()  # [M, C]
+        n_rows = self.rows.shape[0]
+        n_cells = max(1, math.ceil(n_rows / cell_size))
+        centre_index, _ = greedy_coreset_radii(self.rows, n_cells, start=0)
+        centres = self.rows[centre_index.to(self.rows.device)]  # [K, C]
+        to_centres = squared_distances(self.rows, centres)  # [M, K]
+        nearest, owner = to_centres.min(1)
+        order = torch.argsort(owner, stable=True)  # rows grouped by cell
+        counts = torch.bincount(owner, minlength=n_cells)
+        self.positions = order  # [M]: row position of each grouped row
+        self.grouped = self.rows[order]  # [M, C]
+        self.grouped_norms = (self.grouped * self.grouped).sum(1)
+        self.ends = torch.cumsum(counts, 0).tolist()  # [K]
+        self.centres = centres
+        self.centre_norms = (centres * centres).sum(1)
+        radius = torch.zeros(n_cells, device=self.rows.device)
+        radius.scatter_reduce_(0, owner, nearest.sqrt(), "amax")
+        # rounding slack: distances from the norm expansion carry an absolute error
+        self.slack = 1e-4 * float(self.grouped_norms.max().sqrt()) + 1e-6
+        self.radius = radius + self.slack  # [K]
+        self.counts = counts
+        self.stats = {"pairs": 0, "opened": 0, "dense": 0}
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    @timed("search")
+    def search(self, queries: Tensor, k: int, bound: Tensor) -> tuple[Tensor, Tensor]:
+        """The k nearest rows closer than ``bound`` [Q] (inf: no bound) of each query:
+        (distances [Q, k], ascending, inf where none; row positions [Q, k], -1 where none)."""
+        queries = queries.detach().float().to(self.rows.device)
+        n_queries = queries.shape[0]
+        to_centres = squared_distances(queries, self.centres, self.centre_norms).sqrt_()  # [Q, K]
+        limit = bound.to(to_centres.device).float().clone()
+        if self.centres.shape[0] >= k:  # the centres are rows: their k-th distance is a bound
+            kth = torch.topk(to_centres, k, dim=1, largest=False).values[:, -1]
+            limit = torch.minimum(limit, kth + self.slack)
+        open_cells = (to_centres - self.radius) < limit[:, None]  # [Q, K]
+        distances = torch.full((n_queries, k), math.inf, device=queries.device)
+        positions = torch.full((n_queries, k), -1, dtype=torch.long, device=queries.device)
+        # queries that would open most cells are searched against all rows at once (a dense
+        # search runs several times faster per pair than the per-cell products)
+        needed = open_cells.float() @ self.counts.float()  # [Q] rows in open cells
+        dense = needed > self.dense_share * len(self)
+        if bool(dense.any()):
+            which = torch.nonzero(dense).squeeze(1)
+            self.stats["dense"] += which.numel()
+            if self._dense is None:
+                self._dense = KnnIndex(self.rows, self.backend)
+            found_d, found_p = self._dense.search(queries[which], k)
+            distances[which, : found_d.shape[1]] = found_d.to(distances.device)
+            positions[which, : found_p.shape[1]] = found_p.to(positions.device)
+            open_cells[which] = False
+        query_norms = (queries * queries).sum(1)
+        limit_squared = limit * limit
+        found_query, found_row, found_distance = [], [], []
+        begin = 0
+        for cell, end in enumerate(self.ends):
+            which = torch.nonzero(open_cells[:, cell]).squeeze(1)
+            if end > begin and which.numel():
+                self.stats["opened"] += 1
+                self.stats["pairs"] += which.numel() * (end - begin)
+                rows = self.grouped[begin:end]  # [m, C]
+                squared = query_norms[which, None] - 2 * queries[which] @ rows.T
+                squared = (squared + self.grouped_norms[begin:end]).clamp_(min=0)  # [w, m]
+                hit_query, hit_row = torch.nonzero(
+                    squared < limit_squared[which, None], as_tuple=True
+                )
+                if hit_query.numel():
+                    found_query.append(which[hit_query])
+                    found_row.append(hit_row + begin)
+                    found_distance.append(squared[hit_query, hit_row])
+            begin = end
+        if found_query:
+            query = torch.cat(found_query)
+            row = torch.cat(found_row)
+            distance = torch.cat(found_distance).sqrt_()
+            order = torch.argsort(distance, stable=True)
+            order = order[torch.argsort(query[order], stable=True)]  # by query, then distance
+            query, row, distance = query[order], row[order], distance[order]
+            first = torch.searchsorted(query, query, side="left")
+            rank = torch.arange(query.numel(), device=query.device) - first
+            keep = rank < k
+            distances[query[keep], rank[keep]] = distance[keep]
+            positions[query[keep], rank[keep]] = self.positions[row[keep]]
+        return distances, positions
+
+
 def row_keys(bank: Tensor) -> Tensor:
     """[M] int64: an 8-byte BLAKE2b digest of each row's float32 bytes, so a row is known by its
     content wherever it moves (equal rows get equal keys, which is harmless: they are at equal
@@ -198,17 +326,21 @@ class IncrementalSearch:
 
     1. listed rows no longer in B' are struck out; the list still holds every row of B ∩ B'
        closer than r;
-    2. the queries are searched against N alone (``listed`` nearest); r = min(r, d_L(N)) and,
-       merged with the list and cut to ``listed`` entries, r = min(r, d_{L+1});
+    2. the queries are searched against N alone, for their ``listed`` nearest rows closer than r
+       (``CellIndex``: cells of N far from a query are skipped, so a test set of one product
+       costs little against another product's rows); r = min(r, d_L(N)) and, merged with the
+       list and cut to ``listed`` entries, r = min(r, d_{L+1});
     3. a query whose nearest listed distance is <= r has its exact nearest row of B' (any row
        closer would be within r, so in the list); the others (every listed row dropped and no
        new one within r) are searched against all of B'.
 
     A batch seen for the first time, or with another bank lineage, is searched against the
-    whole bank. The cost of a changed bank is the new rows (|Q| x |N|) plus the queries whose
-    nearest rows were all dropped, not |Q| x |B'|. Results equal a search of the whole bank up
-    to float rounding of the distances (each is computed by the same backend, in another
-    grouping) and the order of exact ties.
+    whole bank. The cost of a changed bank is the new rows near the queries (at most
+    |Q| x |N|) plus the queries whose nearest rows were all dropped, not |Q| x |B'|. The rows
+    found are those of a search of the whole bank, up to float rounding of the distances (the
+    new rows' distances come from another grouping of the same arithmetic) and the order of
+    exact ties; PatchCore recomputes the nearest row's distance directly, so both give it the
+    same score.
 
     Lineage: a bank sharing any row with the last bank of a lineage continues it (per_task
     keeps one lineage per task's bank). Entries are kept least recently used first out within
@@ -224,7 +356,7 @@ class IncrementalSearch:
         self.lineages = itertools.count()
         # (id of a bank's rows, id of an older bank's rows) -> (weak references to both, the
         # positions of the rows the older bank lacks, an index over them)
-        self.deltas: dict[tuple[int, int], tuple[tuple, Tensor, KnnIndex | None]] = {}
+        self.deltas: dict[tuple[int, int], tuple[tuple, Tensor, CellIndex | None]] = {}
         self.stats = {"full": 0, "new_rows": 0, "researched": 0, "reused": 0}
 
     def clear(self) -> None:
@@ -299,7 +431,7 @@ class IncrementalSearch:
             torch.cat([distances, distances.new_full((q, missing), math.inf)], 1),
         )
 
-    def new_rows(self, index: KnnIndex, old: RowSet) -> tuple[Tensor, KnnIndex | None]:
+    def new_rows(self, index: KnnIndex, old: RowSet) -> tuple[Tensor, CellIndex | None]:
         """Positions of ``index``'s rows that ``old`` lacks, and an index over them (None when
         there are none); kept for the next batch against the same pair of banks."""
         pair = (id(index.rows), id(old))
@@ -310,7 +442,7 @@ class IncrementalSearch:
         positions = torch.nonzero(fresh).squeeze(1)
         sub = None
         if positions.numel():
-            sub = KnnIndex(index.bank[positions.to(index.bank.device)], index.backend)
+            sub = CellIndex(index.bank[positions.to(index.bank.device)], backend=index.backend)
         # pairs whose newer bank is not this one are dropped: they are not used again
         self.deltas = {p: d for p, d in self.deltas.items() if d[0][0]() is index.rows}
         self.deltas[pair] = ((weakref.ref(index.rows), weakref.ref(old)), positions, sub)
@@ -324,13 +456,15 @@ class IncrementalSearch:
         distances, order = torch.sort(distances, dim=1)
         keys = torch.gather(keys, 1, order)
         positions, sub = self.new_rows(index, entry.rows)
-        if sub is not None:  # 2. the new rows
+        if sub is not None:  # 2. the new rows (only those closer than r can matter)
             self.stats["new_rows"] += queries.shape[0]
-            new_distances, found = sub.search(queries, listed)  # [Q, l]
+            new_distances, found = sub.search(queries, listed, radius)  # [Q, l]
             new_distances = new_distances.to(distances.device)
-            if len(sub) > listed:
+            if len(sub) > listed:  # l found: no other new row is closer than the l-th
                 radius = torch.minimum(radius, new_distances[:, -1])
-            new_keys = rows.keys()[positions[found.to(positions.device)]].to(keys.device)
+            found = found.to(positions.device)
+            new_keys = rows.keys()[positions[found.clamp(min=0)]].to(keys.device)
+            new_keys[(found < 0).to(keys.device)] = 0  # none within r
             distances = torch.cat([distances, new_distances], 1)
             keys = torch.cat([keys, new_keys], 1)
             distances, order = torch.sort(distances, dim=1)

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clad.models.components.knn import IncrementalSearch, KnnIndex, RowSet, row_keys, torch_knn
+from clad.models.components.knn import (
+    CellIndex,
+    IncrementalSearch,
+    KnnIndex,
+    RowSet,
+    row_keys,
+    torch_knn,
+)
 
 BACKENDS = ["torch", pytest.param("faiss", marks=pytest.mark.filterwarnings("ignore"))]
 
@@ -132,3 +139,63 @@ def test_row_sets_find_rows_by_content():
     shuffled = torch.randperm(25)
     assert torch.equal(rows.positions(keys[shuffled]), shuffled)
     assert rows.contains(row_keys(bank[:5] + 1)).sum() == 0
+
+
+def products(n_products: int, rows: int = 600, dim: int = 24, seed: int = 0):
+    """Rows of several 'products': clusters far apart, each with its own spread."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        20.0 * torch.randn(dim, generator=g) + (0.5 + p) * torch.randn(rows, dim, generator=g)
+        for p in range(n_products)
+    ]
+
+
+@pytest.mark.parametrize("dense_share", [0.0, 0.1, 1.1])  # all dense, mixed, all by cells
+@pytest.mark.parametrize("bounded", [True, False])
+def test_cell_index_finds_the_nearest_rows_within_the_bound(dense_share, bounded):
+    rows = torch.cat(products(3))
+    g = torch.Generator().manual_seed(5)
+    queries = torch.cat(
+        [rows[::7] + 0.3 * torch.randn(rows[::7].shape, generator=g), rows[:50] + 30]
+    )
+    full_distances, full_positions = torch_knn(queries, rows, 4)
+    bound = full_distances[:, 2] * 1.01 if bounded else torch.full((len(queries),), float("inf"))
+    index = CellIndex(rows, cell_size=32, backend="torch", dense_share=dense_share)
+    distances, positions = index.search(queries, 4, bound)
+    within = full_distances < bound[:, None]
+    # every row closer than the bound is found, in order (exact ties in either order);
+    # nothing beyond it is needed
+    # (both from the norm expansion, whose rounding grows with the rows' norms, here ~100)
+    torch.testing.assert_close(distances[within], full_distances[within], rtol=1e-3, atol=5e-3)
+    found, expected = positions[within], full_positions[within]
+    owners = queries[:, None].expand(-1, 4, -1)[within]
+    direct = [(rows[p] - owners).norm(dim=1) for p in (found, expected)]  # no cancellation
+    torch.testing.assert_close(direct[0], direct[1], rtol=1e-4, atol=1e-4)  # near-ties
+    assert (found == expected).float().mean() > 0.99
+    assert bool((positions[~within & torch.isinf(distances)] == -1).all())
+    if dense_share > 1:
+        assert index.stats["dense"] == 0 and index.stats["pairs"] < 0.5 * len(queries) * len(rows)
+
+
+def test_test_sets_of_other_products_cost_little_against_new_rows():
+    """The protocol's case: a learnt product's test patches against another product's new
+    rows open few cells; answers equal a search of the whole bank at every step."""
+    parts = products(4, rows=500)
+    g = torch.Generator().manual_seed(3)
+    tests = {
+        p: part[::5] + 0.2 * torch.randn(part[::5].shape, generator=g)
+        for p, part in enumerate(parts)
+    }
+    search = IncrementalSearch(listed=4)
+    bank = parts[0]
+    for step in range(1, 4):
+        index = KnnIndex(bank, "torch")
+        for name, queries in tests.items():
+            distances, positions = search.nearest(index, queries, name)
+            expected_distances, expected_positions = brute(queries, bank)
+            assert torch.equal(positions, expected_positions)
+            torch.testing.assert_close(distances, expected_distances, rtol=1e-5, atol=1e-5)
+        bank = torch.cat([bank[: 400 * step // (step + 1)], parts[step]])
+    sub = next(iter(search.deltas.values()))[2]
+    # the last new rows (product 2): the learnt products' patches (0, 1) opened few cells
+    assert sub.stats["pairs"] < 0.3 * sum(len(t) for t in tests.values()) * len(sub)

@@ -173,7 +173,7 @@ def test_cell_index_finds_the_nearest_rows_within_the_bound(dense_share, bounded
     torch.testing.assert_close(direct[0], direct[1], rtol=1e-4, atol=1e-4)  # near-ties
     assert (found == expected).float().mean() > 0.99
     assert bool((positions[~within & torch.isinf(distances)] == -1).all())
-    if dense_share > 1:
+    if dense_share > 1 and bounded:  # a tight bound prunes most cells
         assert index.stats["dense"] == 0 and index.stats["pairs"] < 0.5 * len(queries) * len(rows)
 
 

@@ -36,7 +36,7 @@ from clad.models.components.gaussian import (
     inverse_covariance,
     mahalanobis,
 )
-from clad.models.components.ssim import gaussian_smooth
+from clad.models.components.ssim import upsample_smooth
 from clad.models.memory_bank import Memory, MemoryBankDetector
 from clad.profiling import timed
 from clad.records import Scores
@@ -176,8 +176,8 @@ class Padim(MemoryBankDetector):
                 f"{grid[0]}x{grid[1]}: use the training image size"
             )
         distances = mahalanobis(embedding.reshape(b, d, h * w), mean, precision)  # [B, h*w]
-        maps = F.interpolate(distances.view(b, 1, h, w), size=tuple(size), mode="bilinear")
-        maps = gaussian_smooth(maps[:, 0], self.smoothing_sigma)  # [B, H, W]
+        # bilinear upsampling then the Gaussian, as one product per side
+        maps = upsample_smooth(distances.view(b, h, w), size, self.smoothing_sigma)  # [B, H, W]
         return Scores(image=maps.flatten(1).amax(1), pixel=maps), distances.mean(1)
 
     def merge_memories(self, memories: Sequence[Memory], budget: int | None) -> Memory:

@@ -69,7 +69,7 @@ from clad.models.components.coreset import (
     random_projection,
 )
 from clad.models.components.knn import IncrementalSearch, KnnBackend, KnnIndex
-from clad.models.components.ssim import gaussian_smooth
+from clad.models.components.ssim import upsample_smooth
 from clad.models.memory_bank import Memory, MemoryBankDetector
 from clad.records import Scores
 from clad.registry import register_detector
@@ -243,8 +243,8 @@ class PatchCore(MemoryBankDetector):
             support_vectors = bank[support.to(bank.device)].to(m_test.device)  # [B, b, C]
             spread = torch.linalg.vector_norm(m_test[:, None] - support_vectors, dim=2)  # [B, b]
             image = (1 - torch.softmax(spread, dim=1)[:, 0]) * best
-        maps = F.interpolate(patch.view(b, 1, h, w), size=tuple(size), mode="bilinear")
-        maps = gaussian_smooth(maps[:, 0], self.sigma_pixels(size[0]))  # [B, H, W]
+        # bilinear upsampling then the Gaussian, as one product per side
+        maps = upsample_smooth(patch.view(b, h, w), size, self.sigma_pixels(size[0]))  # [B, H, W]
         return Scores(image=image, pixel=maps), patch.mean(1)
 
     def ordered(self, memory: Memory) -> tuple[Tensor, Tensor]:

@@ -15,9 +15,10 @@ as ``main.py`` executes it with the phases of ``clad.profiling`` on (``clad.perf
 Before the profiled run the decode cache is warmed (``dataset.decode_cache``; its cold time is
 printed on its own), so the profile is that of a second run over the same data.
 
-Printed: the machine (CPU model, threads, load averages before and after), the phase table, and
-the targets of the mission's Scale section: wall time <= 8 minutes on a 2-core CPU, evaluation
-<= learning, harness share < 5 % (warm decode cache). The table's ``coreset`` row (every fit's
+Printed: the machine (CPU model, threads, load averages before and after), the phase table,
+the run's final average image and pixel AUROC, AU-PRO and forgetting, and the targets of the
+mission's Scale section: wall time <= 8 minutes on a 2-core CPU, evaluation <= learning,
+harness share < 5 % (warm decode cache). The table's ``coreset`` row (every fit's
 and merge's coreset selection) against its ``features`` row (training and test feature passes)
 shows the merge cost; the target of at most 1.25x a fit's own feature time is not checked
 separately.
@@ -182,6 +183,19 @@ def protocol(args: argparse.Namespace) -> list[dict]:
             f"decode cache warmed in {result['decode_seconds_before']:.1f} s (not in the profile)"
         )
         print(stream.table(result))
+        summary = result.get("summary", {})
+        scores = [
+            f"{key} {summary[key]:.4f}"
+            for key in (
+                "final_avg/image_auroc",
+                "forgetting/image_auroc",
+                "final_avg/pixel_auroc",
+                "forgetting/pixel_auroc",
+                "final_avg/pixel_aupro",
+            )
+            if key in summary
+        ]
+        print(f"scores: {', '.join(scores)}")
         print("\n".join(verdict(result)), flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

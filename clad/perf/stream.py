@@ -55,7 +55,7 @@ def profile_run(config: RunConfig, seed: int, output: str | None = None) -> dict
     output = output or tempfile.mkdtemp(prefix="clad-stream-")
     began = time.perf_counter()
     with profiling.profiled() as totals:
-        Run(config, seed, output, overwrite=True).execute()
+        record = Run(config, seed, output, overwrite=True).execute()
         wall = time.perf_counter() - began
         counts = profiling.counts()
         inclusive = profiling.inclusive()
@@ -75,8 +75,10 @@ def profile_run(config: RunConfig, seed: int, output: str | None = None) -> dict
     )
     detector = sum(totals.get(name, 0.0) for name in DETECTOR_PHASES)
     harness = wall - detector
+    summary = record.get("summary", {}) if isinstance(record, dict) else {}
     return {
         "config": config.run_name,
+        "summary": {k: v for k, v in summary.items() if isinstance(v, (int, float))},
         "wall_seconds": wall,
         "rows": rows,
         "harness_share": harness / wall,

@@ -70,7 +70,6 @@ def coreset_size(n_points: int, ratio: float) -> int:
     return max(1, int(n_points * ratio))
 
 
-@timed("coreset")
 def greedy_coreset(
     features: Tensor,
     n_select: int,
@@ -94,6 +93,7 @@ def greedy_coreset(
     return greedy_coreset_radii(features, n_select, start, method, block_size)[0]
 
 
+@timed("coreset")
 def greedy_coreset_radii(
     features: Tensor,
     n_select: int,

@@ -24,9 +24,10 @@ Two exact implementations of the same rule:
   distances decide exactly the next several greedy picks (as long as the best candidate stays
   above the farthest non-candidate, which can only get closer), and each round updates the
   blocks once for all its new centres with one batched matrix product per group of blocks,
-  each block against only the new centres that can reach it. Runs single-threaded (the work
-  is many small tensor operations, which OpenMP fork/join slows down, badly so on a loaded
-  machine).
+  each block against only the new centres that can reach it. torch runs single-threaded here
+  (the work is many small tensor operations, which OpenMP fork/join slows down, badly so on a
+  loaded machine); the groups of blocks of one update are spread over as many Python threads
+  as torch had threads (they touch disjoint blocks; torch releases the GIL inside its ops).
 
 Both use squared Euclidean distances ``|x|^2 - 2 x.c + |c|^2`` on mean-centred float32
 features (centring changes no distance and reduces rounding), clamped at zero.
@@ -34,7 +35,9 @@ features (centring changes no distance and reduces rounding), clamped at zero.
 
 from __future__ import annotations
 
+import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -124,7 +127,7 @@ def greedy_coreset_radii(
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # many small ops: OpenMP fork/join costs more than it gives
         try:
-            index, squared = _pruned(points.cpu(), n_select, start, block_size)
+            index, squared = _pruned(points.cpu(), n_select, start, block_size, workers=threads)
             return index, squared.sqrt()
         finally:
             torch.set_num_threads(threads)
@@ -186,12 +189,17 @@ def _select_round(values: Tensor, coords: Tensor, norms: Tensor, budget: int, ca
 
 
 def _pruned(
-    points: Tensor, n_select: int, start: int, block_size: int, candidates: int = 1024
+    points: Tensor,
+    n_select: int,
+    start: int,
+    block_size: int,
+    candidates: int = 1024,
+    workers: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """Greedy k-center on the CPU, in rounds (see ``_select_round``) with Voronoi-block
     pruning of the distance updates (see the module docstring). Same selections as
     ``_dense`` up to float rounding; also returns their squared selection radii."""
-    layout = _Layout(points)
+    layout = _Layout(points, workers)
     layout.dense_update(layout.slot_of(torch.tensor([start])), 0)
     selected = [start]
     radii = [math.inf]
@@ -225,6 +233,12 @@ def _pruned(
     )
 
 
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool of ``workers`` threads, made once per size (``_Layout.block_update``)."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="clad-coreset")
+
+
 class _Layout:
     """Points, their distance to the coreset and their nearest centre, stored in slots.
 
@@ -234,8 +248,9 @@ class _Layout:
     at build time, and the largest distance to the coreset among its points (``block_max``).
     """
 
-    def __init__(self, points: Tensor) -> None:
+    def __init__(self, points: Tensor, workers: int = 1) -> None:
         n_points = points.shape[0]
+        self.workers = workers
         self.points = points
         self.point_norms = (points * points).sum(1)  # [N]
         self.coords = points  # [L, d]
@@ -339,7 +354,7 @@ class _Layout:
         norms = self.norms.view(n_blocks, size)
         min_dist = self.min_dist.view(n_blocks, size)
         owner = self.owner.view(n_blocks, size)
-        for begin in range(0, active.shape[0], group):
+        def update(begin: int) -> None:
             chunk = active[begin : begin + group]  # [g]
             width = int(active_counts[min(begin + group, active.shape[0]) - 1])
             which = all_which[begin : begin + group, :width]  # [g, r]
@@ -356,6 +371,15 @@ class _Layout:
             owner[chunk] = torch.where(
                 closer, torch.gather(which, 1, pick) + first_id, owner[chunk]
             )
+
+        begins = range(0, active.shape[0], group)
+        if self.workers > 1 and len(begins) > 1:
+            # groups touch disjoint blocks: Python threads (torch releases the GIL in its ops)
+            # run them side by side without OpenMP's per-op fork/join
+            list(_pool(self.workers).map(update, begins))
+        else:
+            for begin in begins:
+                update(begin)
         self.min_dist[slots] = 0
         self.owner[slots] = torch.arange(first_id, first_id + len(slots))
         touched = torch.unique(slots // size)

@@ -157,3 +157,20 @@ def test_pruned_when_blocks_are_never_worth_building():
     assert covering_radius(points, pruned) == pytest.approx(
         covering_radius(points, dense), rel=1e-4
     )
+
+
+def test_pruned_gives_the_same_selection_on_one_thread_and_two():
+    """Block updates spread over threads touch disjoint blocks: the same picks and radii."""
+    points = clustered(n=20000, dim=16, seed=6)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append(
+                greedy_coreset_radii(points, 1500, start=0, method="pruned", block_size=16)
+            )
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])

@@ -364,3 +364,15 @@ def test_validation_threshold_is_a_quantile_of_normal_scores():
         assert math.isnan(validation_threshold(np.array([]), 0.9))
     with pytest.raises(ValueError, match="quantile"):
         validation_threshold(normal, 95)
+
+
+def test_pixel_metrics_sorted_in_parts_equal_one_sort(monkeypatch):
+    """The normal scores sorted in parts on threads (large test sets) give the same values."""
+    from clad.metrics import pixel
+
+    masks, maps = random_pixel_set(4, n=8, size=32, levels=60)
+    whole = pixel_metrics(masks, maps, threshold=0.5)
+    monkeypatch.setattr(pixel, "SORT_PART", 500)
+    monkeypatch.setattr(pixel.os, "cpu_count", lambda: 3)
+    assert len(pixel.sorted_parts(maps.ravel())) == 3
+    assert pixel_metrics(masks, maps, threshold=0.5) == whole

@@ -354,6 +354,7 @@ class _Layout:
         norms = self.norms.view(n_blocks, size)
         min_dist = self.min_dist.view(n_blocks, size)
         owner = self.owner.view(n_blocks, size)
+
         def update(begin: int) -> None:
             chunk = active[begin : begin + group]  # [g]
             width = int(active_counts[min(begin + group, active.shape[0]) - 1])

@@ -34,7 +34,9 @@ CURVE_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_f1_val")
 
 
 def save(fig: plt.Figure, path: Path) -> Path:
-    atomic_write(path, lambda h: fig.savefig(h, format="png", dpi=110, bbox_inches="tight"))
+    # every figure uses the constrained layout, which fits its decorations in the figure: no
+    # second draw for a tight bounding box
+    atomic_write(path, lambda h: fig.savefig(h, format="png", dpi=110))
     plt.close(fig)
     return path
 

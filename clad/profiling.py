@@ -13,6 +13,11 @@ from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# the runner's scoring of test sets of tasks not learnt yet (the upper triangle of the matrices):
+# a phase whose *inclusive* time is reported (its nested feature passes and searches keep their
+# own rows)
+UNLEARNT = "unlearnt sets"
+
 _totals: dict[str, float] | None = None  # phase -> own seconds; None: not profiling
 _counts: dict[str, int] = {}
 _inclusive: dict[str, float] = {}  # phase -> seconds including nested phases (outermost only)

@@ -10,6 +10,7 @@ every RNG restored, so the metrics equal an uninterrupted run's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import resource
@@ -38,7 +39,7 @@ from clad.metrics.audio import OFFICIAL_SCORE, official_score
 from clad.metrics.continual import summarize
 from clad.models.base import private_generator, resolve_device
 from clad.models.components.backbone import FEATURE_CACHE
-from clad.profiling import phase
+from clad.profiling import UNLEARNT, phase
 from clad.progress import progress as progress_of
 from clad.records import ScoredSet, Task
 from clad.seeding import rng_state, seed_everything, set_deterministic, set_rng_state
@@ -578,7 +579,9 @@ class Run:
         steps = learned_steps(tasks)
         for c, part in enumerate(progress_of(parts, desc=f"evaluate after task {t}")):
             k = int(steps[c])
-            scored = self._score(strategy, part)
+            # the matrix's upper triangle, timed apart (``clad.perf stream``)
+            with phase(UNLEARNT) if k > t else contextlib.nullcontext():
+                scored = self._score(strategy, part)
             with phase("metrics"):
                 values = self._task_values(part, scored, image_thr[k], pixel_thr[k])
             for metric, value in values.items():

@@ -69,4 +69,7 @@ def test_the_profile_of_a_run_adds_up_to_its_wall_time(tiny_config, tmp_path):
     # the learn calls hold the epochs; evaluation holds every predict and the metrics
     assert result["learning_seconds"] >= rows["learn"]["seconds"] + rows["epochs"]["seconds"] - 1e-6
     assert result["evaluation_seconds"] >= rows["predict"]["seconds"] + rows["metrics"]["seconds"]
+    # the test sets of tasks not learnt yet are scored after every task but the last
+    assert 0 < result["unlearnt_seconds"] < result["evaluation_seconds"]
+    assert "unlearnt sets" not in rows  # reported inclusive, its nested phases keep their rows
     assert (tmp_path / "runs" / "tiny" / "seed_0" / "finished.json").exists()

@@ -12,7 +12,11 @@ rows add up to the wall time), its share of the wall time and its count:
 - ``metrics``, ``files`` (config.json, metrics.json, metrics.csv), ``checkpoints`` (and reading
   them back on resume), ``plots`` (and overlays), ``loggers`` (console and W&B, their start
   included);
-- ``other``: the wall time no phase covers (thresholds bookkeeping, strategy set-up, ...).
+- ``other``: the wall time no phase above covers (thresholds bookkeeping, strategy set-up,
+  loading test batches, ...).
+
+The evaluation line also gives the seconds spent scoring the test sets of tasks not learnt yet
+(the upper triangle of the T x T matrices, their feature passes and searches included).
 
 The harness's own share is the wall time outside the detectors' fit and predict: everything
 but ``learn``, ``predict`` and the phases under them, reported with and without ``data``.
@@ -69,7 +73,7 @@ def profile_run(config: RunConfig, seed: int, output: str | None = None) -> dict
         for name in ORDER
         if name in totals
     ]
-    covered = sum(totals.values())
+    covered = sum(row["seconds"] for row in rows)
     rows.append(
         {"phase": "other", "seconds": wall - covered, "share": (wall - covered) / wall, "count": 0}
     )
@@ -87,6 +91,8 @@ def profile_run(config: RunConfig, seed: int, output: str | None = None) -> dict
         "evaluation_seconds": inclusive.get("predict", 0.0) + totals.get("metrics", 0.0),
         # the strategies' learn calls (training feature passes, coresets, epochs included)
         "learning_seconds": inclusive.get("learn", 0.0),
+        # of the evaluation: scoring the test sets of tasks not learnt yet (upper triangle)
+        "unlearnt_seconds": inclusive.get(profiling.UNLEARNT, 0.0),
     }
 
 
@@ -104,7 +110,9 @@ def table(result: dict) -> str:
     lines.append(
         f"learning (strategy learn calls, nested phases included): "
         f"{result['learning_seconds']:.1f} s; evaluation (test scoring with its feature passes "
-        f"and searches, plus metrics): {result['evaluation_seconds']:.1f} s"
+        f"and searches, plus metrics): {result['evaluation_seconds']:.1f} s, of which scoring "
+        f"the test sets of tasks not learnt yet (the matrices' upper triangle): "
+        f"{result.get('unlearnt_seconds', 0.0):.1f} s"
     )
     lines.append(
         f"harness share (outside the detectors' fit and predict): "

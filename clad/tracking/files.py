@@ -233,12 +233,54 @@ def _digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _HashingWriter:
+    """A write-only stream that passes bytes on to ``handle`` and hashes them as they go (no
+    ``seek``: a writer that needed one would fail, not hash the wrong bytes)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        self.size += memoryview(data).nbytes
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def save_checkpoint(path: Path, obj: Any) -> None:
     """``torch.save`` through an atomic write, then ``<name>.sha256`` with the file's digest and
-    size: a checkpoint counts only once its checksum is written after it."""
+    size: a checkpoint counts only once its checksum is written after it.
+
+    The digest is taken from the bytes as they are written (the file is not read back), and
+    torch's own zip CRC-32 is not computed: the SHA-256 checks the whole file on load
+    (``load_checkpoint``), and the CRC cost about four times the write itself (720 MB: 1.9 s
+    against 0.4 s)."""
+    from torch.utils.serialization import config
+
     plain = _plain(obj)
-    atomic_write(path, lambda h: torch.save(plain, h))
-    line = f"{_digest(path)} {path.stat().st_size}\n"
+    written: list[_HashingWriter] = []
+
+    def write(handle: IO[bytes]) -> None:
+        writer = _HashingWriter(handle)
+        crc = config.save.compute_crc32
+        config.save.compute_crc32 = False
+        try:
+            torch.save(plain, writer)  # type: ignore[arg-type]
+        finally:
+            config.save.compute_crc32 = crc
+        written.append(writer)
+
+    atomic_write(path, write)
+    writer = written[-1]
+    if writer.size != path.stat().st_size:  # not one sequential stream: hash the file
+        digest = _digest(path)
+    else:
+        digest = writer.digest.hexdigest()
+    line = f"{digest} {path.stat().st_size}\n"
     atomic_write(checksum_path(path), lambda h: h.write(line.encode()))
 
 

@@ -210,3 +210,23 @@ def test_a_resumed_state_saves_again_as_plain_data(tmp_path):
     assert torch.equal(again["memory"][0]["x"], torch.ones(2)) and again["k"] == (1, 2)
     raw = torch.load(second, weights_only=True)
     assert type(raw["strategy"]) is dict and type(raw["strategy"]["memory"][0]) is dict
+
+
+def test_a_checkpoint_checksum_is_the_sha256_of_the_file_written(tmp_path):
+    """The digest taken from the bytes as torch writes them is the file's own (no CRC-32 in the
+    zip: the SHA-256 guards the file), and the file loads back."""
+    import hashlib
+
+    import torch
+
+    from clad.tracking.files import checksum_path, load_checkpoint, save_checkpoint
+
+    state = {"bank": torch.randn(3000, 17), "task": 2, "nested": {"a": [1.5, torch.arange(4)]}}
+    path = tmp_path / "task_2.pt"
+    save_checkpoint(path, state)
+    digest, size = checksum_path(path).read_text().split()
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert int(size) == path.stat().st_size
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["bank"], state["bank"]) and loaded["task"] == 2
+    assert torch.equal(loaded["nested"]["a"][1], torch.arange(4))

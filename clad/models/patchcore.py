@@ -259,17 +259,18 @@ class PatchCore(MemoryBankDetector):
     def merge_memories(self, memories: Sequence[Memory], budget: int | None) -> Memory:
         """The union of the banks, cut to ``budget`` rows when it holds more.
 
-        ``merge: "radius"`` (default): the rows with the largest selection radii are kept
-        (ties: earlier rows first). Each bank is a greedy k-center selection stored with every
-        row's radius, its distance to the rows its task's greedy pass selected before it; so
-        this keeps each task's greedy prefix, with the tasks' shares set by their covering
-        radii. Where the tasks' features do not overlap, a greedy pass over the union would
-        pick in the same order (a point's distance to the coreset is then its distance to its
-        own task's selections), so this is greedy k-center on the union without rerunning it:
-        it costs a sort of the radii, not a coreset pass over the union. Where tasks overlap
-        (shared backgrounds), the union's greedy pass would keep fewer of the overlapping rows.
-        Radii of different tasks come from different random projections, equal in
-        expectation to the full-space distances.
+        ``merge: "radius"`` (default): greedy k-center continued from the earlier banks,
+        without a pass over the union. Each bank is a greedy selection stored with every row's
+        radius, its distance to the rows its task's greedy pass selected before it. A later
+        bank's row takes the smaller of its radius and its distance to the nearest row of the
+        earlier banks (one exact search of the new rows against the bank): its distance to
+        everything selected before it, had the greedy pass continued from the earlier banks.
+        The rows with the largest radii are kept (ties: earlier rows first): each task keeps a
+        greedy prefix of its own coreset, the shares set by how far its rows lie from what is
+        already held, and rows that repeat what an earlier task holds (shared backgrounds) go
+        first. It costs the new rows' search, not a coreset pass over the union. Radii come
+        from random projections (equal in expectation to full-space distances), the distances
+        to the earlier banks from the full features.
 
         ``merge: "coreset"``: the greedy k-center coreset of the union, rerun on a projection
         drawn afresh (its cost grows with the bank, not with the new task).
@@ -281,9 +282,18 @@ class PatchCore(MemoryBankDetector):
             bank, radius = select_coreset(bank, budget, self.projection_dim, self.coreset_method)
             return {"bank": bank.contiguous(), "radius": radius}
         parts = [self.ordered({k: v.to(self.device) for k, v in m.items()}) for m in memories]
+        over = budget is not None and sum(rows.shape[0] for rows, _ in parts) > budget
+        if over:
+            # greedy continuation: a later bank's row is as far from the coreset as the nearer
+            # of its own task's earlier picks (its radius) and the earlier banks' rows
+            for i in range(1, len(parts)):
+                earlier = torch.cat([rows for rows, _ in parts[:i]])
+                rows, radii = parts[i]
+                nearest, _ = KnnIndex(earlier, self.knn_backend).search(rows, 1)  # [M_i, 1]
+                parts[i] = (rows, torch.minimum(radii, nearest[:, 0].to(radii.device)))
         bank = torch.cat([rows for rows, _ in parts])  # [sum M_t, C]
         radius = torch.cat([radii for _, radii in parts])  # [sum M_t]
-        if budget is not None and bank.shape[0] > budget:
+        if over:
             keep = torch.argsort(radius, descending=True, stable=True)[:budget]
             bank, radius = bank[keep], radius[keep]
         return {"bank": bank.contiguous(), "radius": radius.contiguous()}

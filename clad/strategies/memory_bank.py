@@ -47,12 +47,12 @@ class ContinualMemoryBank(Strategy):
 
     ``single_bank`` (default for PatchCore and PaDiM): one memory for all tasks seen.
         PatchCore: bank_t = the ``mem_size_cl`` rows of (bank_{t-1} U M_t) with the largest
-        greedy selection radii (``PatchCore.merge_memories``, ``merge: "radius"``: each task
-        keeps a greedy prefix of its own coreset, the shares set by the tasks' covering radii;
-        greedy k-center on the union where tasks do not overlap, at the cost of a sort), or,
-        with ``merge: "coreset"``, the greedy k-center coreset of the union rerun on a
-        projection drawn afresh; nothing is cut while the union fits the budget. The bank
-        never holds more than
+        greedy selection radii, a new row's radius lowered to its distance to bank_{t-1}
+        (``PatchCore.merge_memories``, ``merge: "radius"``: greedy k-center continued from
+        bank_{t-1}; each task keeps a greedy prefix of its own coreset; it costs one search of
+        the new rows against the bank), or, with ``merge: "coreset"``, the greedy k-center
+        coreset of the union rerun on a projection drawn afresh; nothing is cut while the
+        union fits the budget. The bank never holds more than
         ``mem_size_cl`` vectors, so memory and nearest-neighbour search cost stay bounded however
         many tasks come; test images are scored against the one bank, so no task id is needed.
         PaDiM: the exact pooled Gaussian of all tasks seen, from summed streaming statistics

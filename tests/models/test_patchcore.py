@@ -106,6 +106,24 @@ def test_radius_merge_keeps_greedy_prefixes_by_radius():
     assert torch.equal(shrunk["bank"], banks[1]["bank"][:50])
 
 
+def test_radius_merge_drops_what_an_earlier_bank_already_holds():
+    """A task that repeats an earlier one (the same rows, a little noise) adds little: its rows
+    lie close to the bank's, so the merge keeps the earlier bank's rows first."""
+    detector, banks = separated_banks(n_tasks=2)
+    g = torch.Generator().manual_seed(2)
+    repeat = banks[0]["bank"] + 1e-3 * torch.randn(banks[0]["bank"].shape, generator=g)
+    again = {"bank": repeat, "radius": banks[0]["radius"].clone()}
+    merged = detector.merge_memories([banks[0], again], budget=200)
+    assert torch.equal(
+        merged["bank"],
+        banks[0]["bank"][torch.argsort(banks[0]["radius"], descending=True, stable=True)],
+    )
+    # a task of its own (far away) still gets its share
+    merged = detector.merge_memories([banks[0], again, banks[1]], budget=300)
+    from_third = (merged["bank"][:, None] == banks[1]["bank"][None]).all(2).any(1)
+    assert int(from_third.sum()) > 50
+
+
 def test_radius_merge_covers_separated_tasks_as_the_coreset_of_the_union():
     """Where tasks do not overlap, the radius merge covers the union as well as rerunning
     the greedy coreset on it (covering radius within 15 %)."""

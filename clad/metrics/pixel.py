@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -318,10 +318,15 @@ def sorted_parts(values: np.ndarray) -> list[np.ndarray]:
     return list(_sort_pool(workers).map(np.sort, chunks))
 
 
-def _count_below(parts: list[np.ndarray], thresholds: np.ndarray, side: str) -> np.ndarray:
+def _count_below(
+    parts: list[np.ndarray], thresholds: np.ndarray, side: Literal["left", "right"]
+) -> np.ndarray:
     """Per threshold, the values of all parts below it (``side="left"``: < θ) or at most it
     (``"right"``: <= θ)."""
-    return sum(np.searchsorted(part, thresholds, side=side) for part in parts)  # type: ignore[return-value]
+    counts = np.zeros(thresholds.shape, dtype=np.int64)
+    for part in parts:
+        counts += np.searchsorted(part, thresholds, side=side)
+    return counts
 
 
 def pixel_metrics(

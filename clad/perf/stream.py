@@ -73,7 +73,7 @@ def profile_run(config: RunConfig, seed: int, output: str | None = None) -> dict
         for name in ORDER
         if name in totals
     ]
-    covered = sum(row["seconds"] for row in rows)
+    covered = sum(totals[name] for name in ORDER if name in totals)
     rows.append(
         {"phase": "other", "seconds": wall - covered, "share": (wall - covered) / wall, "count": 0}
     )

@@ -176,16 +176,16 @@ def _select_round(values: Tensor, coords: Tensor, norms: Tensor, budget: int, ca
     current = top_values.numpy().copy()  # [T]
     pairwise = squared.numpy()  # [T, T]
     picked: list[int] = []
-    values: list[float] = []
+    radii: list[float] = []
     while len(picked) < budget:
         j = int(current.argmax())
         if current[j] < tau:
             break
         picked.append(j)
-        values.append(float(current[j]))
+        radii.append(float(current[j]))
         np.minimum(current, pairwise[j], out=current)
         current[j] = -np.inf
-    return top[torch.tensor(picked)], values
+    return top[torch.tensor(picked)], radii
 
 
 def _pruned(

@@ -198,6 +198,7 @@ class Run:
         self.resume = resume
         self.overwrite = overwrite
         self._loggers = loggers
+        self._writer = files.CheckpointWriter()  # a fresh one per stream (``_stream``)
 
     @property
     def metrics_path(self) -> Path:
@@ -274,11 +275,20 @@ class Run:
             flush=True,
         )
         last_row: list[ScoredSet] | None = None
-        for t in range(progress.start, len(tasks)):
-            last_row = self._learn_and_evaluate(strategy, tasks, t, progress, wall_start, loggers)
-            if self.config.output.checkpoints:
-                self._checkpoint(strategy, tasks, t, progress)
-        return self._finish(strategy, tasks, progress, last_row, wall_start, loggers)
+        self._writer = files.CheckpointWriter()
+        try:
+            for t in range(progress.start, len(tasks)):
+                last_row = self._learn_and_evaluate(
+                    strategy, tasks, t, progress, wall_start, loggers
+                )
+                if self.config.output.checkpoints:
+                    self._checkpoint(strategy, tasks, t, progress)
+            record = self._finish(strategy, tasks, progress, last_row, wall_start, loggers)
+        except BaseException:
+            self._writer.close(raise_errors=False)  # what was submitted is still written
+            raise
+        self._writer.close()
+        return record
 
     def _resume(self, strategy: Strategy, tasks: Sequence[Task]) -> Progress:
         """Fresh matrices, or (with ``resume``) the state after the last checkpointed task: the
@@ -378,7 +388,9 @@ class Run:
     def _save_checkpoint(
         self, strategy: Strategy, tasks: Sequence[Task], t: int, progress: Progress
     ) -> None:
-        files.save_checkpoint(
+        """Hand the checkpoint to the background writer (``files.CheckpointWriter``: a copy
+        now, the file and its checksum while the next task runs)."""
+        self._writer.submit(
             self.dir / "checkpoints" / f"task_{t}.pt",
             {
                 "task": t,
@@ -424,6 +436,8 @@ class Run:
         with phase("loggers"):
             for logger in loggers:
                 logger.finish(summary, record, produced)
+        with phase("checkpoints"):
+            self._writer.wait()  # finished only once every checkpoint is on disk
         files.write_json(
             self.dir / FINISHED,
             {"completed_tasks": len(tasks), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")},

@@ -3,6 +3,7 @@ failure is one line naming the file."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import io
@@ -11,6 +12,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -283,6 +285,59 @@ def save_checkpoint(path: Path, obj: Any) -> None:
         digest = writer.digest.hexdigest()
     line = f"{digest} {path.stat().st_size}\n"
     atomic_write(checksum_path(path), lambda h: h.write(line.encode()))
+
+
+class CheckpointWriter:
+    """Writes checkpoints on one background thread, in the order given, so that the disk's
+    sync (seconds for a large state) overlaps the next task instead of holding the run.
+
+    ``submit`` takes a deep copy of the object first (the run goes on changing its state and
+    its lists) and writes it with ``save_checkpoint`` (atomic, checksum after the file); an
+    object that cannot be copied is written at once. A write that failed raises its error
+    (``OutputError`` naming the file) at the next ``submit`` or at ``wait``; ``close`` waits
+    for every write, so a run that stops, however it stops, leaves its checkpoints written."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
+
+    def submit(self, path: Path, obj: Any) -> None:
+        self._raise_failed()
+        try:
+            snapshot = copy.deepcopy(obj)
+        except Exception:  # noqa: BLE001  (an object deepcopy does not take: write it now)
+            save_checkpoint(path, obj)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="clad-checkpoint")
+        self._pending.append(self._pool.submit(save_checkpoint, path, snapshot))
+
+    def _raise_failed(self) -> None:
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for future in done:
+            future.result()
+
+    def wait(self) -> None:
+        """Block until every submitted checkpoint is written; raise the first failure."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self, raise_errors: bool = True) -> None:
+        """``wait``, then stop the thread; with ``raise_errors`` False (a run already failing)
+        a failed write does not replace the error in flight."""
+        try:
+            if raise_errors:
+                self.wait()
+            else:
+                for future in self._pending:
+                    future.exception()
+                self._pending = []
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
 
 def load_checkpoint(path: Path) -> Any:

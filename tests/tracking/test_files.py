@@ -230,3 +230,40 @@ def test_a_checkpoint_checksum_is_the_sha256_of_the_file_written(tmp_path):
     loaded = load_checkpoint(path)
     assert torch.equal(loaded["bank"], state["bank"]) and loaded["task"] == 2
     assert torch.equal(loaded["nested"]["a"][1], torch.arange(4))
+
+
+def test_the_checkpoint_writer_saves_a_copy_in_the_background(tmp_path):
+    """What the run changes after handing a checkpoint over (its tensors, its lists) is not in
+    the file; ``wait`` returns once every file and checksum is written."""
+    import torch
+
+    from clad.tracking.files import CheckpointWriter, checksum_path, load_checkpoint
+
+    writer = CheckpointWriter()
+    state = {"sums": torch.zeros(1000, 50), "costs": [1.0]}
+    for t in range(3):
+        writer.submit(tmp_path / f"task_{t}.pt", state)
+        state["sums"] += 1  # in place, as a streaming statistic would
+        state["costs"].append(float(t + 2))
+    writer.close()
+    for t in range(3):
+        saved = load_checkpoint(tmp_path / f"task_{t}.pt")
+        assert checksum_path(tmp_path / f"task_{t}.pt").is_file()
+        assert torch.equal(saved["sums"], torch.full((1000, 50), float(t)))
+        assert saved["costs"] == [1.0, *[float(k + 2) for k in range(t)]]
+
+
+def test_a_failed_background_write_is_raised_naming_the_file(tmp_path):
+    import pytest
+
+    from clad.errors import OutputError
+    from clad.tracking.files import CheckpointWriter
+
+    blocker = tmp_path / "checkpoints"
+    blocker.write_text("a file where the folder should be")
+    writer = CheckpointWriter()
+    writer.submit(blocker / "task_0.pt", {"a": 1})
+    with pytest.raises(OutputError, match="task_0.pt"):
+        writer.wait()
+    writer.submit(blocker / "task_1.pt", {"a": 1})
+    writer.close(raise_errors=False)  # a run already failing keeps its own error

@@ -15,7 +15,6 @@ AU-PRO also no normal pixel) is NaN.
 from __future__ import annotations
 
 import functools
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
 
@@ -307,10 +306,12 @@ def _sort_pool(workers: int) -> ThreadPoolExecutor:
 
 
 def sorted_parts(values: np.ndarray) -> list[np.ndarray]:
-    """``values`` in ascending order as a few sorted parts (one per CPU, sorted on threads:
+    """``values`` in ascending order as a few sorted parts (one per torch thread, on threads:
     numpy releases the GIL while it sorts); the counts of ``_count_below`` add up over them,
     so they are never merged."""
-    workers = min(os.cpu_count() or 1, max(1, values.size // SORT_PART))
+    import torch  # its thread setting: 1 in a sweep's parallel cells, the cores otherwise
+
+    workers = min(torch.get_num_threads(), max(1, values.size // SORT_PART))
     if workers == 1:
         return [np.sort(values)]
     bounds = np.linspace(0, values.size, workers + 1).astype(int)
@@ -337,7 +338,7 @@ def pixel_metrics(
     Every metric here changes only where an anomalous pixel crosses the threshold, so the curve
     is read at the distinct scores of the anomalous pixels alone (a few percent of a test set):
     the normal pixels' scores are sorted on their own (a plain float sort, no argsort, in parts
-    on as many threads as there are CPUs: ``sorted_parts``) and each
+    on as many threads as torch uses: ``sorted_parts``) and each
     anomalous threshold θ learns its normal counts ``#{s >= θ}`` and ``#{s > θ}`` by binary
     search. AUROC is the Mann-Whitney statistic (ties count one half: the trapezoid of the full
     curve); AP and the best F1 are attained at anomalous thresholds; the PRO curve is flat

@@ -373,6 +373,12 @@ def test_pixel_metrics_sorted_in_parts_equal_one_sort(monkeypatch):
     masks, maps = random_pixel_set(4, n=8, size=32, levels=60)
     whole = pixel_metrics(masks, maps, threshold=0.5)
     monkeypatch.setattr(pixel, "SORT_PART", 500)
-    monkeypatch.setattr(pixel.os, "cpu_count", lambda: 3)
-    assert len(pixel.sorted_parts(maps.ravel())) == 3
-    assert pixel_metrics(masks, maps, threshold=0.5) == whole
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert len(pixel.sorted_parts(maps.ravel())) == 3
+        assert pixel_metrics(masks, maps, threshold=0.5) == whole
+        torch.set_num_threads(1)  # a sweep's cell: one part, no thread
+        assert len(pixel.sorted_parts(maps.ravel())) == 1
+    finally:
+        torch.set_num_threads(threads)

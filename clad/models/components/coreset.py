@@ -111,6 +111,18 @@ def greedy_coreset_radii(
     Returns:
         ([n_select] int64 indices, [n_select] float32 radii), both on the CPU.
     """
+    return greedy_order(features, n_select, start, method, block_size)
+
+
+def greedy_order(
+    features: Tensor,
+    n_select: int,
+    start: int | None = None,
+    method: CoresetMethod = "auto",
+    block_size: int = 128,
+) -> tuple[Tensor, Tensor]:
+    """``greedy_coreset_radii`` outside the ``coreset`` phase of the profile (for callers whose
+    selection belongs to another phase: the search's cells, ``knn.CellIndex``)."""
     n_points = features.shape[0]
     if not 1 <= n_select <= n_points:
         raise ValueError(f"n_select must be in [1, {n_points}], got {n_select}")

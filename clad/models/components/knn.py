@@ -168,9 +168,7 @@ class CellIndex:
         backend: KnnBackend = "auto",
         dense_share: float = 0.1,
     ) -> None:
-        from clad.models.components.coreset import greedy_coreset_radii
-
-        greedy = getattr(greedy_coreset_radii, "__wrapped__", greedy_coreset_radii)
+        from clad.models.components.coreset import greedy_order
 
         self.backend = backend
         self.dense_share = dense_share
@@ -178,7 +176,7 @@ class CellIndex:
         self.rows = rows.detach().float().contiguous()  # [M, C]
         n_rows = self.rows.shape[0]
         n_cells = max(1, math.ceil(n_rows / cell_size))
-        centre_index, _ = greedy(self.rows, n_cells, start=0)  # (part of the search's time)
+        centre_index, _ = greedy_order(self.rows, n_cells, start=0)  # in the search's time
         centres = self.rows[centre_index.to(self.rows.device)]  # [K, C]
         to_centres = squared_distances(self.rows, centres)  # [M, K]
         nearest, owner = to_centres.min(1)

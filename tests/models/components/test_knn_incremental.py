@@ -199,3 +199,15 @@ def test_test_sets_of_other_products_cost_little_against_new_rows():
     sub = next(iter(search.deltas.values()))[2]
     # the last new rows (product 2): the learnt products' patches (0, 1) opened few cells
     assert sub.stats["pairs"] < 0.3 * sum(len(t) for t in tests.values()) * len(sub)
+
+
+def test_the_cells_centres_are_search_time_not_coreset_time():
+    """A profile's ``coreset`` row holds the detectors' coresets only: the cell centres of
+    ``CellIndex`` are part of the search."""
+    from clad import profiling
+
+    rows = torch.cat(products(2, rows=200))
+    with profiling.profiled() as totals:
+        index = CellIndex(rows, cell_size=32, backend="torch")
+        index.search(rows[:10], 2, torch.full((10,), float("inf")))
+    assert "coreset" not in totals and totals["search"] > 0
